@@ -1,0 +1,418 @@
+#!/usr/bin/env python
+"""Benchmark dsd_nb scoring against a naive per-pair loop with the reference's cost structure and the bare UNet floor.
+
+One image x 10 captions x S=10 timesteps (mode "dsd", reference layers), on the same model and inputs:
+
+  (a) dsd_nb  : DSDScorer(pipe, steps=10, seed=0).score(image, captions)
+                (VAE encode once, captions encoded once, 10 x (1 empty + 10 captions) = 110 UNet rows, chunked)
+  (b) naive   : the reference's cost structure (method notes 2.6, 2.12): for each caption separately, for each
+                timestep: VAE-encode the image again, encode "" and the caption, one UNet call on a 2-row batch
+                (empty, caption) with EAGER attention (diffusers `AttnProcessor`, probabilities materialised) in
+                every attention layer, plus the LSE from explicit logits on the 6 reference cross-attention layers;
+                then the same score formula as (a).
+  (c) floor   : the 110 UNet rows alone, stock SDPA processors, no capture, batched like (a) (same chunk size).
+
+Each (model, dtype, method) runs in a fresh subprocess of this script (so the ru_maxrss high-water mark belongs to
+that measurement alone); the parent collects one JSON line per child, checks that (a) and (b) agree, prints a
+markdown table and can write or append it to bench/RESULTS.md.
+
+    . .venv/bin/activate
+    HF_HUB_OFFLINE=1 python bench/bench_score.py --write bench/RESULTS.md          # full run (~20-25 min on 2 cores)
+    HF_HUB_OFFLINE=1 python bench/bench_score.py --variants tiny:fp32               # quick (~1 min)
+    HF_HUB_OFFLINE=1 python bench/bench_score.py --child --model sd21 --dtype bf16 --method a   # one measurement
+"""
+from __future__ import annotations
+import argparse, datetime, json, os, platform, resource, statistics, subprocess, sys, time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MARK = "@@RESULT "
+
+CAPTIONS = ["a photo of a red cat", "a small dog on the left", "a blue car next to a house",
+            "a woman with a yellow bird", "a large green tree above a house", "an orange circle and a purple square",
+            "a man in a black car", "a white star below a pink triangle", "a brown dog with a gray cat",
+            "a picture of a big red house"]
+
+DEFAULT_VARIANTS = "tiny:fp32,sd21:fp32,sd21:bf16"
+
+
+# ----------------------------------------------------------------------------------------------- helpers (child)
+def rss_now_kb()->int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"): return int(line.split()[1])
+    return -1
+
+def maxrss_kb()->int: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+def loadavg()->float:
+    try: return float(open("/proc/loadavg").read().split()[0])
+    except OSError: return float("nan")
+
+def make_image(seed:int=0, size=(300, 220)):
+    "A deterministic synthetic RGB image (smooth gradients + blocks + noise), not at model resolution so it gets resized."
+    import numpy as np, PIL.Image
+    rng = np.random.default_rng(seed)
+    W, H = size
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    img = np.stack([xx / W, yy / H, 0.5 + 0.5 * np.sin(xx / 17 + yy / 23)], -1)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, W - 40), rng.integers(0, H - 40)
+        img[y0:y0 + rng.integers(20, 60), x0:x0 + rng.integers(20, 60)] = rng.random(3)
+    img = np.clip(img + 0.03 * rng.standard_normal(img.shape), 0, 1)
+    return PIL.Image.fromarray((img * 255).round().astype(np.uint8), "RGB")
+
+def build_pipe(model:str, dtype:str, resolution:int|None):
+    import torch
+    from dsd_nb import models
+    if model == "tiny": pipe = models.tiny_pipeline(seed=0, resolution=resolution or 64)
+    elif model == "sd21": pipe = models.sd21_shaped_pipeline(seed=0, resolution=resolution or 256)
+    else: raise SystemExit(f"unknown model {model!r}")
+    pipe.set_progress_bar_config(disable=True)
+    if dtype == "bf16": pipe.to(dtype=torch.bfloat16)
+    elif dtype != "fp32": raise SystemExit(f"unknown dtype {dtype!r}")
+    return pipe
+
+
+# ----------------------------------------------------------------------------------------------- (a) dsd_nb
+def run_a(pipe, image, captions, steps, chunk):
+    from dsd_nb.scoring import DSDScorer
+    return DSDScorer(pipe, steps=steps, seed=0, chunk_size=chunk).score(image, captions)[0]
+
+
+# ----------------------------------------------------------------------------------------------- (b) naive loop
+def make_eager_processors(unet, ref_names, store):
+    "Eager `AttnProcessor` everywhere; on the reference attn2 layers a subclass that also stores LSE(logits) per call."
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor
+
+    class EagerLSEProcessor(AttnProcessor):
+        "diffusers' AttnProcessor, with the logits made explicit so their log-sum-exp over tokens can be kept."
+        def __init__(self, name): super().__init__(); self.name = name
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+            residual = hidden_states
+            if attn.spatial_norm is not None: hidden_states = attn.spatial_norm(hidden_states, temb)
+            input_ndim = hidden_states.ndim
+            if input_ndim == 4:
+                batch_size, channel, height, width = hidden_states.shape
+                hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+            batch_size, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            if attn.group_norm is not None: hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+            query = attn.to_q(hidden_states)
+            if encoder_hidden_states is None: encoder_hidden_states = hidden_states
+            elif attn.norm_cross: encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+            key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+            query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
+            # == attn.get_attention_scores, with the logits kept (as the reference fork's get_attention_scores does)
+            dtype = query.dtype
+            q, k = (query.float(), key.float()) if attn.upcast_attention else (query, key)
+            if attention_mask is None:
+                logits = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype, device=q.device),
+                                       q, k.transpose(-1, -2), beta=0, alpha=attn.scale)
+            else: logits = torch.baddbmm(attention_mask, q, k.transpose(-1, -2), beta=1, alpha=attn.scale)
+            store[self.name] = torch.logsumexp(logits.float(), dim=-1)            # [batch*heads, pixels]
+            if attn.upcast_softmax: logits = logits.float()
+            probs = logits.softmax(dim=-1).to(dtype)
+            del logits
+            hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+            if input_ndim == 4: hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+            if attn.residual_connection: hidden_states = hidden_states + residual
+            return hidden_states / attn.rescale_output_factor
+
+    procs = {}
+    for key in unet.attn_processors:
+        name = key[:-len(".processor")]
+        procs[key] = EagerLSEProcessor(name) if name in ref_names else AttnProcessor()
+    return procs
+
+def run_b(pipe, image, captions, steps, latent="mean", text="per_step", seed=0):
+    """Per caption, per timestep: VAE encode, text encode, one 2-row UNet call with eager attention everywhere.
+    Written independently of dsd_nb's scoring code (only `images_to_tensor` and the layer list are shared)."""
+    import torch
+    from dsd_nb.inputs import images_to_tensor
+    from dsd_nb.attention import select_layers
+    unet, vae, te, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+    dt, dev = unet.dtype, unet.device
+    ref = [l.name for l in select_layers(unet, "reference")]
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    res = unet.config.sample_size * f
+    lat_shape = (vae.config.latent_channels, res // f, res // f)
+    # reference grid (method notes 2.5) and noise bank (2.4: one eps per grid index, shared by all candidates)
+    T = pipe.scheduler.config.num_train_timesteps
+    ts = sorted((T - 1) - i for i in range(10, T - 10, T // steps))
+    g = torch.Generator("cpu").manual_seed(seed)
+    bank = torch.randn((len(ts),) + lat_shape, generator=g)
+    abar = pipe.scheduler.alphas_cumprod.float()
+    sf = vae.config.scaling_factor
+    gvae = torch.Generator("cpu").manual_seed(seed + 1)
+
+    def enc_text(c):
+        ids = tok([c], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return te(ids.to(dev))[0]
+
+    store, saved = {}, dict(unet.attn_processors)
+    unet.set_attn_processor(make_eager_processors(unet, set(ref), store))
+    scores = []
+    try:
+        with torch.no_grad():
+            for c in captions:                                          # one reference pipeline call per candidate
+                x = images_to_tensor(image, res)                           # preprocessing, once per call
+                if text == "per_call": ctx = torch.cat([enc_text(""), enc_text(c)])
+                per_t = []
+                for kk, t in enumerate(ts):
+                    dist = vae.encode(x.to(dev, vae.dtype)).latent_dist    # re-encoded at every timestep
+                    z0 = (dist.mean if latent == "mean" else dist.sample(generator=gvae)).float() * sf
+                    if text == "per_step": ctx = torch.cat([enc_text(""), enc_text(c)])   # [2, L, D]: (empty, caption)
+                    eps = bank[kk][None]
+                    ab = abar[t]
+                    x_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps                # DDPM forward marginal (= Euler add_noise+scale)
+                    store.clear()
+                    pred = unet(torch.cat([x_t, x_t]).to(dt), torch.tensor([t, t], device=dev),
+                                encoder_hidden_states=ctx.to(dt)).sample.float()
+                    err_u = (eps - pred[0:1]).flatten().norm()
+                    err_c = (eps - pred[1:2]).flatten().norm()
+                    # caption row's LSE, mean over heads and pixels, then over the 6 layers (dsd_nb's per-sample formula)
+                    A = torch.stack([store[n].view(2, -1, store[n].shape[-1])[1].mean() for n in ref]).mean()
+                    per_t.append(A + err_u - err_c)
+                scores.append(torch.stack(per_t).mean())
+    finally:
+        unet.set_attn_processor(saved)
+    return torch.stack(scores)
+
+
+# ----------------------------------------------------------------------------------------------- (c) bare UNet rows
+def prep_c(pipe, image, captions, steps, chunk):
+    "Everything (c) needs but the UNet calls, built outside the timed section: x_t, t and contexts of the 110 rows."
+    import torch
+    from dsd_nb.scoring import DSDScorer
+    from dsd_nb.core import add_noise
+    s = DSDScorer(pipe, steps=steps, seed=0, chunk_size=chunk)
+    E = torch.cat([s.encode_captions(captions), s.uncond_embedding()])          # [M+1, L, D], row M = ""
+    mean, _ = s.encode_images(image)
+    z0 = mean * pipe.vae.config.scaling_factor                                   # [1, C, h, w]
+    K, M = len(s.timesteps), len(captions)
+    kidx = torch.arange(K).repeat_interleave(M + 1)
+    text = torch.tensor([M] + list(range(M))).repeat(K)                          # per timestep: empty row, then captions
+    t = s.timesteps[kidx]
+    x_t = add_noise(s.sched, z0.expand(len(kidx), -1, -1, -1), s.noise[kidx], t).to(s.dtype)
+    return x_t, t, E[text].contiguous()
+
+def run_c(pipe, rows, chunk):
+    import torch
+    x_t, t, ctx = rows
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x_t), chunk):
+            outs.append(pipe.unet(x_t[i:i + chunk], t[i:i + chunk], encoder_hidden_states=ctx[i:i + chunk]).sample)
+    return torch.cat(outs)
+
+
+# ----------------------------------------------------------------------------------------------- child
+def child(args):
+    import torch
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    import warnings; warnings.filterwarnings("ignore")
+    import diffusers.utils.logging as dlog; dlog.set_verbosity_error()
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    out = dict(model=args.model, dtype=args.dtype, method=args.method, threads=torch.get_num_threads(),
+               chunk=args.chunk, steps=args.steps, pid=os.getpid())
+    t0 = time.perf_counter()
+    pipe = build_pipe(args.model, args.dtype, args.resolution)
+    out["build_s"] = time.perf_counter() - t0
+    out["unet_params_M"] = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values()), "expected stock SDPA processors"
+    image = make_image(0)
+    caps = CAPTIONS[:args.captions]
+    n_caps = len(caps)
+    if args.method == "b" and args.b_captions: caps = caps[:args.b_captions]      # timed subset, extrapolated below
+    K = args.steps
+
+    if args.method == "a":
+        fn = lambda: run_a(pipe, image, caps, args.steps, args.chunk)
+        warm = lambda: run_a(pipe, image, caps, 1, args.chunk)                    # light: 1 timestep = 11 rows
+        rows = K * (n_caps + 1)
+    elif args.method == "b":
+        fn = lambda: run_b(pipe, image, caps, args.steps, args.b_latent, args.b_text)
+        warm = lambda: run_b(pipe, image, caps[:1], 1, args.b_latent, args.b_text)   # light: 1 caption x 1 timestep
+        rows = K * 2 * len(caps)
+    elif args.method == "c":
+        t1 = time.perf_counter()
+        prepared = prep_c(pipe, image, caps, args.steps, args.chunk)
+        out["prep_s"] = time.perf_counter() - t1
+        fn = lambda: run_c(pipe, prepared, args.chunk)
+        warm = lambda: run_c(pipe, tuple(x[:n_caps + 1] for x in prepared), args.chunk)
+        rows = K * (n_caps + 1)
+    else: raise SystemExit(f"unknown method {args.method!r}")
+
+    t1 = time.perf_counter()
+    if args.warmup == "full": fn()
+    elif args.warmup == "light": warm()
+    out["warmup"], out["warmup_s"] = args.warmup, time.perf_counter() - t1
+    out["rss_before_kb"], out["maxrss_before_kb"] = rss_now_kb(), maxrss_kb()
+    out["load_before"] = loadavg()
+    times, res = [], None
+    for _ in range(args.repeats):
+        t1 = time.perf_counter()
+        res = fn()
+        times.append(time.perf_counter() - t1)
+    out["load_after"] = loadavg()
+    out["maxrss_kb"] = maxrss_kb()
+    out["times"] = times
+    scale = n_caps / len(caps)                                                   # (b) on a caption subset: linear in captions
+    out["extrapolated_from_captions"] = len(caps) if scale != 1 else None
+    out["median_s"] = statistics.median(times) * scale
+    out["captions"], out["pairs"] = n_caps, n_caps                              # 1 image x n_caps captions
+    out["unet_rows"] = rows * scale
+    out["pairs_per_s"] = n_caps / out["median_s"]
+    out["s_per_row"] = out["median_s"] / out["unet_rows"]
+    if args.method in ("a", "b"): out["scores"] = [float(v) for v in res.float()]
+    print(MARK + json.dumps(out), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- parent
+def machine_info()->dict:
+    import torch, diffusers, transformers
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"): cpu = line.split(":", 1)[1].strip(); break
+        flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+    except OSError: flags = []
+    mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+    return dict(cpu=cpu, cores=os.cpu_count(), mem_gib=round(int(mem) / 2**20, 1),
+                isa=" ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
+                python=platform.python_version(), torch=torch.__version__, diffusers=diffusers.__version__,
+                transformers=transformers.__version__, date=datetime.datetime.now().isoformat(timespec="seconds"))
+
+def run_child(args, model, dtype, method):
+    big = model != "tiny"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", model, "--dtype", dtype, "--method", method,
+           "--steps", str(args.steps), "--chunk", str(args.chunk), "--threads", str(args.threads),
+           "--captions", str(args.captions), "--b-latent", args.b_latent, "--b-text", args.b_text,
+           "--repeats", str(args.repeats_big if big else args.repeats_tiny),
+           "--warmup", args.warmup_big if big else args.warmup_tiny]
+    if method == "b" and big and args.b_captions_big: cmd += ["--b-captions", str(args.b_captions_big)]
+    if args.resolution: cmd += ["--resolution", str(args.resolution)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.child_timeout)
+    wall = time.perf_counter() - t0
+    line = next((l for l in p.stdout.splitlines() if l.startswith(MARK)), None)
+    if p.returncode != 0 or line is None:
+        sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
+        raise SystemExit(f"child {model}/{dtype}/{method} failed (rc={p.returncode})")
+    r = json.loads(line[len(MARK):]); r["child_wall_s"] = wall
+    return r
+
+def compare(a, b):
+    "Scores of (a) and (b) on the captions both scored: max |diff|, same ranking?, smallest gap between (a)'s scores."
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    rank = lambda s: sorted(range(len(s)), key=lambda j: -s[j])
+    sa = sorted(a)
+    gap = min((y - x for x, y in zip(sa, sa[1:])), default=float("nan"))
+    return dict(n=n, max_abs_diff=max(abs(x - y) for x, y in zip(a, b)), same_ranking=rank(a) == rank(b),
+                min_gap_a=gap, top_a=rank(a)[0], top_b=rank(b)[0])
+
+def fmt_mb(kb): return f"{kb / 1024:,.0f}"
+
+def render(info, results, args)->str:
+    L = []
+    L.append(f"## dsd_nb scoring benchmark ({info['date']})\n")
+    L.append(f"- Machine: {info['cpu']}, {info['cores']} cores visible ({args.threads} torch threads), {info['mem_gib']} GiB RAM, "
+             f"ISA: {info['isa'] or 'n/a'}; no GPU")
+    L.append(f"- Software: Python {info['python']}, torch {info['torch']}, diffusers {info['diffusers']}, "
+             f"transformers {info['transformers']}")
+    L.append(f"- Workload: 1 image x {args.captions} captions x S={args.steps} timesteps (mode dsd, reference layers), "
+             f"chunk_size={args.chunk}; (b) VAE latent = `{args.b_latent}`, text encoded {args.b_text.replace('_', ' ')}")
+    L.append(f"- Command: `HF_HUB_OFFLINE=1 python bench/bench_score.py {' '.join(args.argv)}`".rstrip() + "\n")
+    L.append("| model | dtype | method | UNet rows | s / run (median) | repeats | pairs / s | s / UNet row | peak RSS MiB | RSS before timed MiB | peak - before MiB |")
+    L.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    names = dict(a="(a) dsd_nb DSDScorer.score", b="(b) naive per-pair (reference cost)", c="(c) bare UNet rows (SDPA)")
+    for r in results:
+        rep = f"{len(r['times'])} ({', '.join(f'{t:.2f}' for t in r['times'])})"
+        if r.get("extrapolated_from_captions"): rep += f"; timed on {r['extrapolated_from_captions']} captions, x{r['captions'] / r['extrapolated_from_captions']:g}"
+        L.append(f"| {r['model']} | {r['dtype']} | {names[r['method']]} | {r['unet_rows']:.0f} | {r['median_s']:.2f} | {rep} | "
+                 f"{r['pairs_per_s']:.3f} | {r['s_per_row']:.4f} | {fmt_mb(r['maxrss_kb'])} | {fmt_mb(r['rss_before_kb'])} | "
+                 f"{fmt_mb(r['maxrss_kb'] - r['rss_before_kb'])} |")
+    L.append("")
+    L.append("| model | dtype | (b)/(a) speed-up (target >= 3x) | (a)/(c) overhead (target <= 1.15x) | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | load avg during (a) |")
+    L.append("|---|---|---:|---:|---:|---|---:|---|")
+    by = {}
+    for r in results: by.setdefault((r["model"], r["dtype"]), {})[r["method"]] = r
+    for (m, d), g in by.items():
+        ba = f"{g['b']['median_s'] / g['a']['median_s']:.2f}x" if "a" in g and "b" in g else "-"
+        ac = f"{g['a']['median_s'] / g['c']['median_s']:.3f}x" if "a" in g and "c" in g else "-"
+        if "a" in g and "b" in g:
+            c = compare(g["a"]["scores"], g["b"]["scores"])
+            sc = (f"{c['max_abs_diff']:.2e} (on {c['n']} captions)", "yes" if c["same_ranking"] else f"NO (top: a={c['top_a']}, b={c['top_b']})",
+                  f"{c['min_gap_a']:.2e}")
+        else: sc = ("-", "-", "-")
+        la = f"{g['a']['load_before']:.1f} -> {g['a']['load_after']:.1f}" if "a" in g else "-"
+        L.append(f"| {m} | {d} | {ba} | {ac} | {sc[0]} | {sc[1]} | {sc[2]} | {la} |")
+    L.append("")
+    return "\n".join(L)
+
+def parent(args):
+    variants = [v.split(":") for v in args.variants.split(",")]
+    info = machine_info()
+    results = []
+    t0 = time.perf_counter()
+    for model, dtype in variants:
+        for method in args.methods.split(","):
+            print(f"[{time.perf_counter() - t0:7.1f}s] {model} {dtype} ({method}) ...", flush=True)
+            r = run_child(args, model, dtype, method)
+            results.append(r)
+            print(f"[{time.perf_counter() - t0:7.1f}s]   median {r['median_s']:.3f}s  times {[round(t, 3) for t in r['times']]}  "
+                  f"build {r['build_s']:.1f}s warmup {r['warmup_s']:.1f}s  peak RSS {fmt_mb(r['maxrss_kb'])} MiB  "
+                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}", flush=True)
+            if args.json: Path(args.json).write_text(json.dumps(dict(info=info, results=results), indent=1))
+    md = render(info, results, args)
+    md += f"\nTotal bench wall time: {time.perf_counter() - t0:.0f} s.\n"
+    print("\n" + md)
+    if args.write or args.append:
+        path = Path(args.write or args.append)
+        mode = "w" if args.write else "a"
+        with open(path, mode) as f: f.write(md + "\n")
+        print(f"{'wrote' if mode == 'w' else 'appended to'} {path}")
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of model:dtype (models: tiny, sd21; dtypes: fp32, bf16)")
+    ap.add_argument("--methods", default="a,b,c", help="comma list of a, b, c")
+    ap.add_argument("--steps", type=int, default=10, help="S, the reference timestep grid (10 -> 10 timesteps)")
+    ap.add_argument("--captions", type=int, default=10, help=f"number of captions (at most {len(CAPTIONS)})")
+    ap.add_argument("--chunk", type=int, default=32, help="UNet rows per call for (a) and (c) (DSDScorer chunk_size)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--resolution", type=int, default=None, help="image size (default: 64 for tiny, 256 for sd21)")
+    ap.add_argument("--repeats-tiny", type=int, default=5)
+    ap.add_argument("--repeats-big", type=int, default=1)
+    ap.add_argument("--warmup-tiny", choices=("full", "light", "none"), default="full")
+    ap.add_argument("--warmup-big", choices=("full", "light", "none"), default="light",
+                    help="light: one run with 1 timestep (a, c) or 1 caption x 1 timestep (b)")
+    ap.add_argument("--b-captions-big", type=int, default=4,
+                    help="(b) on the big model: time this many captions and extrapolate linearly (0 = all)")
+    ap.add_argument("--b-latent", choices=("mean", "sample"), default="mean",
+                    help="(b) latent: posterior mean (comparable with (a) to ~1e-3) or a sample as in the reference (same cost)")
+    ap.add_argument("--b-text", choices=("per_step", "per_call"), default="per_step",
+                    help="(b) text encoding: every timestep, or once per caption (as the reference's __call__ does)")
+    ap.add_argument("--write", help="write the markdown to this file (e.g. bench/RESULTS.md)")
+    ap.add_argument("--append", help="append the markdown to this file")
+    ap.add_argument("--json", default=str(HERE / "results_raw.json"), help="raw results (JSON) path ('' to skip)")
+    ap.add_argument("--child-timeout", type=int, default=1800)
+    # child mode
+    ap.add_argument("--child", action="store_true", help="run one measurement in this process and print one JSON line")
+    ap.add_argument("--model", default="tiny"); ap.add_argument("--dtype", default="fp32"); ap.add_argument("--method", default="a")
+    ap.add_argument("--repeats", type=int, default=3); ap.add_argument("--warmup", choices=("full", "light", "none"), default="full")
+    ap.add_argument("--b-captions", type=int, default=0)
+    args = ap.parse_args(argv)
+    args.argv = argv
+    if args.captions > len(CAPTIONS): ap.error(f"--captions is at most {len(CAPTIONS)}")
+    child(args) if args.child else parent(args)
+
+if __name__ == "__main__":
+    main()
