@@ -45,6 +45,14 @@ def rss_now_kb()->int:
 
 def maxrss_kb()->int: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
+def runq_wait_s()->float:
+    "Seconds all threads of this process spent runnable but waiting for a CPU (from /proc/self/task/*/schedstat)."
+    tot = 0
+    for d in Path("/proc/self/task").iterdir():
+        try: tot += int(open(d / "schedstat").read().split()[1])
+        except (OSError, IndexError, ValueError): pass
+    return tot / 1e9
+
 def loadavg()->float:
     try: return float(open("/proc/loadavg").read().split()[0])
     except OSError: return float("nan")
@@ -253,14 +261,15 @@ def child(args):
     out["warmup"], out["warmup_s"] = args.warmup, time.perf_counter() - t1
     out["rss_before_kb"], out["maxrss_before_kb"] = rss_now_kb(), maxrss_kb()
     out["load_before"] = loadavg()
-    times, res = [], None
+    times, cpu, waits, res = [], [], [], None
     for _ in range(args.repeats):
-        t1 = time.perf_counter()
+        w0, c0, t1 = runq_wait_s(), time.process_time(), time.perf_counter()
         res = fn()
-        times.append(time.perf_counter() - t1)
+        times.append(time.perf_counter() - t1); cpu.append(time.process_time() - c0); waits.append(runq_wait_s() - w0)
     out["load_after"] = loadavg()
     out["maxrss_kb"] = maxrss_kb()
-    out["times"] = times
+    out["times"], out["cpu_s"], out["runq_wait_s"] = times, cpu, waits
+    out["min_s"] = min(times) * (n_caps / len(caps))
     scale = n_caps / len(caps)                                                   # (b) on a caption subset: linear in captions
     out["extrapolated_from_captions"] = len(caps) if scale != 1 else None
     out["median_s"] = statistics.median(times) * scale
@@ -329,14 +338,14 @@ def render(info, results, args)->str:
     L.append(f"- Workload: 1 image x {args.captions} captions x S={args.steps} timesteps (mode dsd, reference layers), "
              f"chunk_size={args.chunk}; (b) VAE latent = `{args.b_latent}`, text encoded {args.b_text.replace('_', ' ')}")
     L.append(f"- Command: `HF_HUB_OFFLINE=1 python bench/bench_score.py {' '.join(args.argv)}`".rstrip() + "\n")
-    L.append("| model | dtype | method | UNet rows | s / run (median) | repeats | pairs / s | s / UNet row | peak RSS MiB | RSS before timed MiB | peak - before MiB |")
-    L.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    L.append("| model | dtype | method | UNet rows | s / run (median) | repeats | pairs / s | s / UNet row | min s | CPU-queue wait s (median run) | peak RSS MiB | RSS before timed MiB | peak - before MiB |")
+    L.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     names = dict(a="(a) dsd_nb DSDScorer.score", b="(b) naive per-pair (reference cost)", c="(c) bare UNet rows (SDPA)")
     for r in results:
         rep = f"{len(r['times'])} ({', '.join(f'{t:.2f}' for t in r['times'])})"
         if r.get("extrapolated_from_captions"): rep += f"; timed on {r['extrapolated_from_captions']} captions, x{r['captions'] / r['extrapolated_from_captions']:g}"
         L.append(f"| {r['model']} | {r['dtype']} | {names[r['method']]} | {r['unet_rows']:.0f} | {r['median_s']:.2f} | {rep} | "
-                 f"{r['pairs_per_s']:.3f} | {r['s_per_row']:.4f} | {fmt_mb(r['maxrss_kb'])} | {fmt_mb(r['rss_before_kb'])} | "
+                 f"{r['pairs_per_s']:.3f} | {r['s_per_row']:.4f} | {r['min_s']:.2f} | {statistics.median(r['runq_wait_s']):.2f} | {fmt_mb(r['maxrss_kb'])} | {fmt_mb(r['rss_before_kb'])} | "
                  f"{fmt_mb(r['maxrss_kb'] - r['rss_before_kb'])} |")
     L.append("")
     L.append("| model | dtype | (b)/(a) speed-up (target >= 3x) | (a)/(c) overhead (target <= 1.15x) | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | load avg during (a) |")
@@ -368,7 +377,7 @@ def parent(args):
             results.append(r)
             print(f"[{time.perf_counter() - t0:7.1f}s]   median {r['median_s']:.3f}s  times {[round(t, 3) for t in r['times']]}  "
                   f"build {r['build_s']:.1f}s warmup {r['warmup_s']:.1f}s  peak RSS {fmt_mb(r['maxrss_kb'])} MiB  "
-                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}", flush=True)
+                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}  runq wait {[round(w, 2) for w in r['runq_wait_s']]}", flush=True)
             if args.json: Path(args.json).write_text(json.dumps(dict(info=info, results=results), indent=1))
     md = render(info, results, args)
     md += f"\nTotal bench wall time: {time.perf_counter() - t0:.0f} s.\n"

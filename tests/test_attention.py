@@ -1,0 +1,365 @@
+"""attention: capturing the cross-attention log-sum-exp with stock diffusers processors.
+
+The capture must not change the UNet's output (bit for bit), must restore the processors it replaced
+(also after an exception), must nest, must report exactly logsumexp(scale * q k^T) over the tokens,
+must work with a PEFT LoRA adapter (gradients included), and its "reference" preset must pick the
+six layers of dsd-method.md section 2.9.
+"""
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from dsd_nb.core import DSDInputError
+from dsd_nb.attention import (AttentionCapture, capture, LSECaptureProcessor, CrossAttnLayer,
+                              cross_attention_layers, select_layers)
+from dsd_nb.models import sd21_unet
+
+
+@pytest.fixture(scope="module")
+def unet_inputs(pipe):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    ctx = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([89, 889])
+    return x, t, ctx
+
+
+def _run(unet, x, t, ctx):
+    return unet(x, t, encoder_hidden_states=ctx).sample
+
+
+def _procs(unet):
+    return dict(unet.attn_processors)
+
+
+# ----------------------------------------------------------------------------- exactness and restoration
+
+@pytest.mark.parametrize("layers", ["reference", "all_cross"])
+def test_capture_leaves_unet_output_unchanged(pipe, unet_inputs, layers):
+    unet = pipe.unet
+    assert unet.dtype == torch.float32
+    with torch.no_grad():
+        ref = _run(unet, *unet_inputs)
+        with AttentionCapture(unet, layers) as cap:
+            out = _run(unet, *unet_inputs)
+        with AttentionCapture(unet, layers, probs=True) as cap_p:
+            out_p = _run(unet, *unet_inputs)
+    assert torch.equal(out, ref)
+    assert torch.equal(out_p, ref)
+    n = 6 if layers == "reference" else len(cross_attention_layers(unet))
+    assert len(cap.lse) == n and len(cap_p.probs) == n
+    assert cap.layer_means().shape == (2, n)
+    assert torch.isfinite(cap.layer_means()).all()
+
+
+def test_capture_only_replaces_selected_processors(pipe):
+    unet = pipe.unet
+    before = _procs(unet)
+    with AttentionCapture(unet, "reference") as cap:
+        inside = _procs(unet)
+        keys = {l.processor_key for l in cap.layers}
+        for k, p in inside.items():
+            if k in keys: assert isinstance(p, LSECaptureProcessor)
+            else: assert p is before[k], f"{k} was replaced"
+    assert all(k.endswith("attn2.processor") for k in keys)
+
+
+def test_processors_restored_after_exit(pipe, unet_inputs):
+    unet = pipe.unet
+    before = _procs(unet)
+    with torch.no_grad(), AttentionCapture(unet, "all_cross"):
+        _run(unet, *unet_inputs)
+    after = _procs(unet)
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    assert not any(isinstance(p, LSECaptureProcessor) for p in after.values())
+
+
+def test_processors_restored_after_exception(pipe, unet_inputs):
+    unet = pipe.unet
+    before = _procs(unet)
+    with pytest.raises(ZeroDivisionError):
+        with torch.no_grad(), AttentionCapture(unet, "reference"):
+            _run(unet, *unet_inputs)
+            1 / 0
+    after = _procs(unet)
+    assert all(after[k] is before[k] for k in before)
+    # and the forward pre-hook is gone: a capture made later counts only its own calls
+    with torch.no_grad(), AttentionCapture(unet, "reference") as cap:
+        _run(unet, *unet_inputs)
+    assert cap.calls == 1
+
+
+def test_processors_restored_after_exception_inside_unet(pipe, unet_inputs):
+    "An error raised by the UNet itself (wrong context width) also leaves the processors as they were."
+    unet = pipe.unet
+    before = _procs(unet)
+    x, t, _ = unet_inputs
+    with pytest.raises(Exception):
+        with torch.no_grad(), AttentionCapture(unet, "all_cross"):
+            _run(unet, x, t, torch.randn(2, 77, 7))
+    after = _procs(unet)
+    assert all(after[k] is before[k] for k in before)
+
+
+def test_capture_alias():
+    assert capture is AttentionCapture
+
+
+def test_reentering_an_active_capture_is_refused(pipe):
+    cap = AttentionCapture(pipe.unet, "reference")
+    with cap:
+        with pytest.raises(RuntimeError):
+            cap.__enter__()
+    assert not any(isinstance(p, LSECaptureProcessor) for p in pipe.unet.attn_processors.values())
+
+
+def test_nested_captures_both_see_values(pipe, unet_inputs):
+    unet = pipe.unet
+    before = _procs(unet)
+    x, t, ctx = unet_inputs
+    with torch.no_grad():
+        ref = _run(unet, x, t, ctx)
+        with AttentionCapture(unet, "reference") as outer:
+            with AttentionCapture(unet, "all_cross") as inner:
+                out = _run(unet, x, t, ctx)
+            assert torch.equal(out, ref)
+            assert set(outer.lse) == set(outer.layer_names) and len(outer.lse) == 6
+            assert len(inner.lse) == len(cross_attention_layers(unet))
+            for name in outer.layer_names:  # the shared layers were seen identically by both
+                assert torch.equal(outer.lse[name], inner.lse[name])
+            # after the inner capture exits, the outer one still records, the inner one no longer does
+            inner_snapshot = {k: v.clone() for k, v in inner.lse.items()}
+            outer.clear()
+            _run(unet, x * 0.5, t, ctx)
+            assert set(outer.lse) == set(outer.layer_names)
+            assert not torch.equal(outer.lse[outer.layer_names[0]], inner_snapshot[outer.layer_names[0]])
+            assert all(torch.equal(inner.lse[k], v) for k, v in inner_snapshot.items())
+        assert torch.equal(_run(unet, x, t, ctx), ref)
+    after = _procs(unet)
+    assert all(after[k] is before[k] for k in before)
+
+
+# ----------------------------------------------------------------------------- values
+
+def _attn2_inputs(unet, names, x, t, ctx):
+    "The hidden states and context each named attn2 module receives (forward pre-hooks, no processor involved)."
+    mods = dict(unet.named_modules())
+    seen, hooks = {}, []
+    def make(name):
+        def hook(mod, args, kwargs):
+            hs = args[0] if args else kwargs["hidden_states"]
+            enc = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+            seen[name] = (hs.detach().clone(), enc.detach().clone())
+        return hook
+    for n in names: hooks.append(mods[n].register_forward_pre_hook(make(n), with_kwargs=True))
+    try:
+        with torch.no_grad(): _run(unet, x, t, ctx)
+    finally:
+        for h in hooks: h.remove()
+    return seen, mods
+
+
+def test_lse_equals_direct_computation(pipe, unet_inputs):
+    unet = pipe.unet
+    layers = select_layers(unet, "all_cross")
+    names = [l.name for l in layers]
+    seen, mods = _attn2_inputs(unet, names, *unet_inputs)
+    with torch.no_grad(), AttentionCapture(unet, "all_cross", probs=True) as cap:
+        _run(unet, *unet_inputs)
+    for l in layers:
+        attn = mods[l.name]
+        hs, enc = seen[l.name]
+        with torch.no_grad():
+            q, k = attn.to_q(hs), attn.to_k(enc)  # [b, pixels, heads*d], [b, tokens, heads*d]
+        b, P, inner = q.shape
+        h = l.heads; d = inner // h
+        assert d == l.head_dim
+        q = q.view(b, P, h, d).permute(0, 2, 1, 3)
+        k = k.view(b, -1, h, d).permute(0, 2, 1, 3)
+        logits = q @ k.transpose(-1, -2) / d ** 0.5  # [b, heads, pixels, tokens]
+        lse = torch.logsumexp(logits, dim=-1)
+        got = cap.lse[l.name]
+        assert got.shape == (b, h, P) == lse.shape
+        assert torch.allclose(got, lse, atol=1e-5, rtol=0), (l.name, (got - lse).abs().max())
+        probs = cap.probs[l.name]
+        assert probs.shape == (b, h, P, 77)
+        assert torch.allclose(probs, torch.exp(logits - lse[..., None]), atol=1e-5)
+    # layer_means is the per-sample mean over heads and pixels, in layer order
+    lm = cap.layer_means()
+    expect = torch.stack([cap.lse[n].mean(dim=(1, 2)) for n in names], 1)
+    assert torch.allclose(lm, expect, atol=1e-6)
+
+
+def test_probs_sum_to_one_over_tokens(pipe, unet_inputs):
+    with torch.no_grad(), AttentionCapture(pipe.unet, "reference", probs=True) as cap:
+        _run(pipe.unet, *unet_inputs)
+    assert set(cap.probs) == set(cap.layer_names)
+    for name, p in cap.probs.items():
+        assert (p >= 0).all()
+        assert torch.allclose(p.sum(-1), torch.ones(p.shape[:-1]), atol=1e-5), name
+
+
+def test_no_probs_unless_asked(pipe, unet_inputs):
+    with torch.no_grad(), AttentionCapture(pipe.unet, "reference") as cap:
+        _run(pipe.unet, *unet_inputs)
+    assert cap.probs == {}
+
+
+def test_captured_values_depend_on_each_sample_only(pipe, unet_inputs):
+    "The LSE of sample 0 is the same whether it runs alone or in a batch of 2."
+    x, t, ctx = unet_inputs
+    with torch.no_grad():
+        with AttentionCapture(pipe.unet, "reference") as both: _run(pipe.unet, x, t, ctx)
+        with AttentionCapture(pipe.unet, "reference") as one: _run(pipe.unet, x[:1], t[:1], ctx[:1])
+    assert torch.allclose(both.layer_means()[:1], one.layer_means(), atol=1e-5)
+    assert not torch.allclose(both.layer_means()[0], both.layer_means()[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (10, 12)])
+def test_lse_map_shapes(pipe, hw):
+    x = torch.randn(1, 4, *hw)
+    ctx = torch.randn(1, 77, pipe.unet.config.cross_attention_dim)
+    with torch.no_grad(), AttentionCapture(pipe.unet, "all_cross") as cap:
+        pipe.unet(x, 500, encoder_hidden_states=ctx)
+    assert cap.latent_hw == hw
+    for l in cap.layers:
+        m = cap.lse_map(l)
+        gh, gw = l.grid(hw)
+        assert m.shape == (1, l.heads, gh, gw)
+        assert torch.equal(m.flatten(-2), cap.lse[l.name])
+        assert torch.equal(cap.lse_map(l.short), m) and torch.equal(cap.lse_map(l.name), m)
+
+
+def test_layer_means_before_any_call_raises(pipe):
+    with AttentionCapture(pipe.unet, "reference") as cap:
+        with pytest.raises(RuntimeError):
+            cap.layer_means()
+
+
+# ----------------------------------------------------------------------------- gradients and LoRA
+
+def test_lse_keeps_graph_when_grad_enabled(fresh_pipe, unet_inputs):
+    unet = fresh_pipe.unet
+    with torch.enable_grad(), AttentionCapture(unet, "reference") as cap:
+        _run(unet, *unet_inputs)
+    assert cap.layer_means().requires_grad
+    with torch.no_grad(), AttentionCapture(unet, "reference") as cap2:
+        _run(unet, *unet_inputs)
+    assert not cap2.layer_means().requires_grad
+
+
+def test_capture_with_peft_lora(fresh_pipe, unet_inputs):
+    peft = pytest.importorskip("peft")
+    unet = fresh_pipe.unet
+    unet.requires_grad_(False)
+    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    lora = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    assert not any(p.requires_grad for n, p in unet.named_parameters() if "lora_" not in n)
+    x, t, ctx = unet_inputs
+    before = _procs(unet)
+
+    # lora_B = 0 at init: the adapter is a no-op, and the capture still leaves the output unchanged
+    with torch.no_grad():
+        ref = _run(unet, x, t, ctx)
+        with AttentionCapture(unet, "reference") as cap0:
+            out = _run(unet, x, t, ctx)
+    assert torch.equal(out, ref)
+    lse0 = cap0.layer_means().clone()
+
+    # gradients of the captured LSE reach the LoRA parameters of the captured layers' to_q and to_k
+    with torch.enable_grad(), AttentionCapture(unet, "reference") as cap:
+        _run(unet, x, t, ctx)
+        cap.layer_means().sum().backward()
+    for name in cap.layer_names:
+        for proj in ("to_q", "to_k"):
+            key = [n for n in lora if n.startswith(f"{name}.{proj}.lora_B")]
+            assert len(key) == 1, (name, proj)
+            grad = lora[key[0]].grad
+            assert grad is not None and grad.abs().sum() > 0, key[0]
+    # to_v does not enter the logits: the last cross-attention layer's value path feeds no captured LSE
+    last = cap.layer_names[-1]
+    assert last == cross_attention_layers(unet)[-1].name
+    key = [n for n in lora if n.startswith(f"{last}.to_v.lora_B")][0]
+    assert lora[key].grad is None or lora[key].grad.abs().sum() == 0
+
+    # nonzero lora_B changes what the capture reads
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in lora.items():
+            if "lora_B" in n: p.copy_(0.5 * torch.randn(p.shape, generator=g))
+        with AttentionCapture(unet, "reference") as cap1:
+            _run(unet, x, t, ctx)
+    assert (cap1.layer_means() - lse0).abs().max() > 1e-3
+    after = _procs(unet)
+    assert all(after[k] is before[k] for k in before)
+
+
+# ----------------------------------------------------------------------------- layer selection
+
+SD21_REFERENCE = ["down_blocks.2.attentions.0.transformer_blocks.0.attn2",
+                  "down_blocks.2.attentions.1.transformer_blocks.0.attn2",
+                  "mid_block.attentions.0.transformer_blocks.0.attn2",
+                  "up_blocks.3.attentions.0.transformer_blocks.0.attn2",
+                  "up_blocks.3.attentions.1.transformer_blocks.0.attn2",
+                  "up_blocks.3.attentions.2.transformer_blocks.0.attn2"]
+
+
+def test_reference_preset_on_sd21_unet_meta():
+    unet = sd21_unet(device="meta")
+    layers = select_layers(unet, "reference")
+    assert [l.name for l in layers] == SD21_REFERENCE
+    # heads and query grids of the table in section 2.9 (latent 64x64 for 512 px)
+    assert [l.heads for l in layers] == [20, 20, 20, 5, 5, 5]
+    assert [l.grid((64, 64)) for l in layers] == [(16, 16)] * 2 + [(8, 8)] + [(64, 64)] * 3
+    assert len(select_layers(unet, "all_cross")) == 16
+
+
+def test_reference_preset_on_sd15_shaped_unet_meta():
+    accelerate = pytest.importorskip("accelerate")
+    with accelerate.init_empty_weights():
+        unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8,
+                                    cross_attention_dim=768)
+    assert unet.config.down_block_types == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    names = [l.name for l in select_layers(unet, "reference")]
+    assert names == SD21_REFERENCE  # down_blocks.2 (2 layers), mid, up_blocks.3 (3 layers)
+    assert sum(n.startswith("down_blocks.2.") for n in names) == 2
+    assert sum(n.startswith("up_blocks.3.") for n in names) == 3
+    assert [l.heads for l in select_layers(unet, "reference")] == [8] * 6
+    assert len(select_layers(unet, "all_cross")) == 16
+
+
+def test_reference_preset_on_tiny_pipeline(pipe):
+    names = [l.name for l in select_layers(pipe.unet, "reference")]
+    assert names == ["down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+                     "down_blocks.1.attentions.1.transformer_blocks.0.attn2",
+                     "mid_block.attentions.0.transformer_blocks.0.attn2",
+                     "up_blocks.2.attentions.0.transformer_blocks.0.attn2",
+                     "up_blocks.2.attentions.1.transformer_blocks.0.attn2",
+                     "up_blocks.2.attentions.2.transformer_blocks.0.attn2"]
+
+
+def test_cross_attention_layers_match_unet(pipe):
+    layers = cross_attention_layers(pipe.unet)
+    procs = [k for k in pipe.unet.attn_processors if k.endswith("attn2.processor")]
+    assert sorted(l.processor_key for l in layers) == sorted(procs)
+    mods = dict(pipe.unet.named_modules())
+    for l in layers:
+        assert isinstance(l, CrossAttnLayer)
+        assert mods[l.name].is_cross_attention and mods[l.name].heads == l.heads
+
+
+def test_select_layers_by_name_short_name_and_object(pipe):
+    unet = pipe.unet
+    all_ = select_layers(unet, "all_cross")
+    mid = [l for l in all_ if l.place == "mid"][0]
+    assert select_layers(unet, ["mid.a0"]) == [mid]
+    assert select_layers(unet, mid.name) == [mid]
+    assert select_layers(unet, [mid.processor_key]) == [mid]
+    assert select_layers(unet, [mid, "mid.a0"]) == [mid]  # duplicates collapse
+    with pytest.raises(DSDInputError, match="nosuchlayer"):
+        select_layers(unet, ["nosuchlayer"])
+    with pytest.raises(DSDInputError):
+        select_layers(unet, [])
