@@ -9,13 +9,17 @@ import os, shutil, sys, tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: no hub lookups, no 20 s retries
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 _SESSION_CACHE = tempfile.mkdtemp(prefix="dsd_nb_test_cache_")
 os.environ["DSD_NB_CACHE"] = _SESSION_CACHE  # never the user's ~/.cache/dsd_nb
+# The test models are tiny: one intra-op thread is fastest, and with 2 threads on a busy 2-core machine
+# every OpenMP barrier spins (a 10 ms UNet call was measured at 4 s). Subprocesses (the CLI) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
+
+try: torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+except ValueError: torch.set_num_threads(1)
 
 from dsd_nb.models import tiny_pipeline
 from dsd_nb.attention import select_layers

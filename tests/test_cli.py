@@ -1,0 +1,155 @@
+"""The installed `dsd-score` console script, run as a subprocess offline on a real photo.
+
+Each run pays Python's import of torch and diffusers (a few seconds), so all runs are started together
+on a small thread pool the first time a test here needs one; each test then waits for its own run.
+"""
+import json, os, re, shutil, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsd_nb.models import builtin_model_path, DEFAULT_MODEL
+from dsd_nb.scoring import DSDScorer
+from dsd_nb.core import reference_timesteps
+
+CAPS = ["a cat", "a red car", "café 猫 🐱"]  # non-ASCII goes through argv, a UTF-8 file and JSON
+STEPS = 2
+
+
+def _exe():
+    p = Path(sys.executable).with_name("dsd-score")
+    if p.exists(): return str(p)
+    found = shutil.which("dsd-score")
+    assert found, "the dsd-score console script is not installed (pip install -e .)"
+    return found
+
+
+def _run(args, cache):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
+    env.update(HF_HUB_OFFLINE="1", DSD_NB_CACHE=str(cache))  # the CLI itself must keep the libraries quiet
+    return subprocess.run([_exe(), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _jobs(img, tmp):
+    caps_file = tmp / "captions.txt"
+    caps_file.write_text("# captions, one per line\n\n" + "\n".join(f"  {c}  " for c in CAPS) + "\n", encoding="utf-8")
+    base = [img, *CAPS, "--steps", STEPS]
+    jobs = {
+        "table": base,
+        "json": [*base, "--json"],
+        "captions_file": [img, "--captions_file", caps_file, "--steps", STEPS, "--json"],
+        "bad:missing image": [tmp / "no-such-image.png", "a cat", "--steps", STEPS],
+        "bad:no captions": [img, "--steps", STEPS],
+        "bad:--mode bogus": [img, "a cat", "--mode", "bogus"],
+        "bad:--steps 0": [img, "a cat", "--steps", "0"],
+        "bad:--steps abc": [img, "a cat", "--steps", "abc"],
+        "bad:empty caption": [img, "a cat", "", "--steps", STEPS],
+        "bad:--model nobody/nothing": [img, "a cat", "--model", "nobody/nothing", "--steps", STEPS],
+        "bad:--dtype fp16 on CPU": [img, "a cat", "--dtype", "fp16", "--device", "cpu", "--steps", STEPS],
+        "bad:unknown --layers": [img, "a cat", "--layers", "mid.a0,no_such_layer", "--steps", STEPS],
+    }
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def cli(chelsea_path, tmp_path_factory):
+    "Start every dsd-score run of this module at once (2 workers); returns name -> future of CompletedProcess."
+    tmp = tmp_path_factory.mktemp("cli")
+    cache = tmp / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSD_NB_CACHE", str(cache))
+        builtin_model_path(DEFAULT_MODEL)  # build the built-in model once, before the runs share the cache
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(_run, args, cache) for name, args in _jobs(chelsea_path, tmp).items()}
+    futures["fresh cache"] = pool.submit(_run, [tmp / "no-such-image.png", "a cat"], tmp / "fresh-cache")
+    yield {k: (lambda f=f: f.result()) for k, f in futures.items()}
+    pool.shutdown(wait=True)
+
+
+def _ok(r):
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stdout
+
+
+def _table(stdout):
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("# model=") and lines[1].split() == ["rank", "score", "caption"]
+    rows = []
+    for line in lines[2:]:
+        m = re.fullmatch(r"\s*(\d+)\s+(-?\d+\.\d+)\s+(.+)", line)
+        assert m, line
+        rows.append((int(m[1]), float(m[2]), m[3]))
+    return rows
+
+
+def test_table(cli):
+    r = cli["table"]()
+    rows = _table(_ok(r))
+    assert len(rows) == 3
+    assert [x[0] for x in rows] == [1, 2, 3]
+    scores = [x[1] for x in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert sorted(x[2] for x in rows) == sorted(CAPS)
+    assert all(torch.isfinite(torch.tensor(scores)))
+    assert r.stderr.strip() == "", r.stderr
+
+
+def test_json(cli, pipe, chelsea_path):
+    out = json.loads(_ok(cli["json"]()))
+    assert out["model"] == DEFAULT_MODEL and out["mode"] == "dsd" and out["steps"] == STEPS and out["seed"] == 0
+    assert out["timesteps"] == reference_timesteps(STEPS).tolist()
+    assert len(out["layers"]) == 6
+    rk = out["ranking"]
+    assert [x["rank"] for x in rk] == [1, 2, 3] and sorted(x["caption"] for x in rk) == sorted(CAPS)
+    scores = [x["score"] for x in rk]
+    assert scores == sorted(scores, reverse=True)
+    # the same numbers as the Python API on the same built-in model (tiny_pipeline(seed=0))
+    api = DSDScorer(pipe, steps=STEPS).score(chelsea_path, CAPS)[0]
+    for x in rk:
+        assert abs(x["score"] - api[CAPS.index(x["caption"])].item()) < 1e-5
+    # and the table shows the same ranking, rounded to 4 decimals
+    rows = _table(_ok(cli["table"]()))
+    assert [(c, round(s, 4)) for _, s, c in rows] == [(x["caption"], round(x["score"], 4)) for x in rk]
+
+
+def test_captions_file(cli):
+    a = json.loads(_ok(cli["captions_file"]()))
+    b = json.loads(_ok(cli["json"]()))
+    assert sorted(x["caption"] for x in a["ranking"]) == sorted(CAPS)  # comments, blanks and spaces dropped
+    assert a["ranking"] == b["ranking"]
+
+
+BAD = ["missing image", "no captions", "--mode bogus", "--steps 0", "--steps abc", "empty caption",
+       "--model nobody/nothing", "--dtype fp16 on CPU", "unknown --layers"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_arguments_one_line_exit_2(cli, case):
+    r = cli[f"bad:{case}"]()
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("dsd-score: error: ")
+    assert r.stdout.strip() == ""
+
+
+def test_bad_argument_messages_say_what_is_wrong(cli):
+    msg = {c: cli[f"bad:{c}"]().stderr for c in BAD}
+    assert "does not exist" in msg["missing image"]
+    assert "caption" in msg["no captions"]
+    assert "bogus" in msg["--mode bogus"]
+    assert "steps" in msg["--steps 0"] and "steps" in msg["--steps abc"]
+    assert "empty" in msg["empty caption"]
+    assert "nobody/nothing" in msg["--model nobody/nothing"]
+    assert "fp16" in msg["--dtype fp16 on CPU"]
+    assert "no_such_layer" in msg["unknown --layers"]
+
+
+def test_bad_argument_one_line_with_empty_cache(cli):
+    r = cli["fresh cache"]()
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
