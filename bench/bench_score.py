@@ -17,12 +17,12 @@ that measurement alone); the parent collects one JSON line per child, checks tha
 markdown table and can write or append it to bench/RESULTS.md.
 
     . .venv/bin/activate
-    HF_HUB_OFFLINE=1 python bench/bench_score.py --write bench/RESULTS.md          # full run (~20-25 min on 2 cores)
+    HF_HUB_OFFLINE=1 python bench/bench_score.py --autogroup-nice -20 --write bench/RESULTS.md   # full run (~18 min on 2 cores)
     HF_HUB_OFFLINE=1 python bench/bench_score.py --variants tiny:fp32               # quick (~1 min)
     HF_HUB_OFFLINE=1 python bench/bench_score.py --child --model sd21 --dtype bf16 --method a   # one measurement
 """
 from __future__ import annotations
-import argparse, datetime, json, os, platform, resource, statistics, subprocess, sys, time
+import argparse, datetime, hashlib, json, os, platform, resource, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +44,28 @@ def rss_now_kb()->int:
     return -1
 
 def maxrss_kb()->int: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+def hwm_kb()->int:
+    "VmHWM, the RSS high-water mark (resettable with `reset_hwm`)."
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"): return int(line.split()[1])
+    return -1
+
+def reset_hwm()->bool:
+    "Reset the RSS high-water mark (Linux >= 4.0: write 5 to /proc/self/clear_refs); False if not possible."
+    try:
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")
+        return True
+    except OSError: return False
+
+def cpu_busy(interval:float=1.0)->float:
+    "Fraction of all CPUs busy (any process) over `interval` seconds, from /proc/stat."
+    def snap():
+        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return sum(v), v[3] + v[4]          # total, idle + iowait
+    t0, i0 = snap(); time.sleep(interval); t1, i1 = snap()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
 
 def runq_wait_s()->float:
     "Seconds all threads of this process spent runnable but waiting for a CPU (from /proc/self/task/*/schedstat)."
@@ -75,6 +97,7 @@ def build_pipe(model:str, dtype:str, resolution:int|None):
     from dsd_nb import models
     if model == "tiny": pipe = models.tiny_pipeline(seed=0, resolution=resolution or 64)
     elif model == "sd21": pipe = models.sd21_shaped_pipeline(seed=0, resolution=resolution or 256)
+    elif model == "sd21full": pipe = models.sd21_shaped_pipeline(seed=0, resolution=resolution or 256, full=True)
     else: raise SystemExit(f"unknown model {model!r}")
     pipe.set_progress_bar_config(disable=True)
     if dtype == "bf16": pipe.to(dtype=torch.bfloat16)
@@ -217,6 +240,50 @@ def run_c(pipe, rows, chunk):
     return torch.cat(outs)
 
 
+# ----------------------------------------------------------------------------------------------- (d) component costs
+def real_shaped_components(pipe, dtype):
+    "Random-weight VAE and text encoder with SD-2.1-base's real shapes (AutoencoderKL 128-256-512-512; OpenCLIP-H text, 23 x 1024)."
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from dsd_nb.models import _fork_seed
+    tok = pipe.tokenizer
+    with _fork_seed(0):
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=2, norm_num_groups=32, sample_size=768, scaling_factor=0.18215)
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                                          num_attention_heads=16, max_position_embeddings=tok.model_max_length, hidden_act="gelu",
+                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                          pad_token_id=tok.pad_token_id, projection_dim=1024))
+    return vae.to(dtype=dtype).eval(), te.to(dtype=dtype).eval()
+
+def component_costs(pipe, image, captions, repeats):
+    "Median seconds of one VAE encode (1 image) and of text-encoder calls on 1 and on len(captions) prompts, stand-in vs real-shaped."
+    import torch
+    from dsd_nb.inputs import images_to_tensor
+    from dsd_nb.scoring import encode_captions
+    f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    x = images_to_tensor(image, pipe.unet.config.sample_size * f).to(pipe.vae.dtype)
+    rvae, rte = real_shaped_components(pipe, pipe.unet.dtype)
+    def med(fn):
+        fn()                                                    # warm-up
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+    out = dict(real_vae_params_M=sum(p.numel() for p in rvae.encoder.parameters()) / 1e6,
+               real_te_params_M=sum(p.numel() for p in rte.parameters()) / 1e6,
+               stand_vae_params_M=sum(p.numel() for p in pipe.vae.encoder.parameters()) / 1e6,
+               stand_te_params_M=sum(p.numel() for p in pipe.text_encoder.parameters()) / 1e6)
+    with torch.no_grad():
+        for tag, vae, te in (("stand", pipe.vae, pipe.text_encoder), ("real", rvae, rte)):
+            out[f"{tag}_vae_s"] = med(lambda: vae.encode(x).latent_dist.mean)
+            out[f"{tag}_te1_s"] = med(lambda: encode_captions(pipe.tokenizer, te, [captions[0]]))
+            out[f"{tag}_teM_s"] = med(lambda: encode_captions(pipe.tokenizer, te, list(captions)))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- child
 def child(args):
     import torch
@@ -225,7 +292,8 @@ def child(args):
     import warnings; warnings.filterwarnings("ignore")
     import diffusers.utils.logging as dlog; dlog.set_verbosity_error()
     from diffusers.models.attention_processor import AttnProcessor2_0
-    out = dict(model=args.model, dtype=args.dtype, method=args.method, threads=torch.get_num_threads(),
+    import dsd_nb
+    out = dict(model=args.model, dtype=args.dtype, method=args.method, threads=torch.get_num_threads(), dsd_nb_file=dsd_nb.__file__,
                chunk=args.chunk, steps=args.steps, pid=os.getpid())
     t0 = time.perf_counter()
     pipe = build_pipe(args.model, args.dtype, args.resolution)
@@ -237,6 +305,13 @@ def child(args):
     n_caps = len(caps)
     if args.method == "b" and args.b_captions: caps = caps[:args.b_captions]      # timed subset, extrapolated below
     K = args.steps
+    if args.method == "d":
+        t1 = time.perf_counter()
+        out.update(component_costs(pipe, image, caps, args.repeats))
+        out["median_s"], out["d_wall_s"] = float("nan"), time.perf_counter() - t1
+        out["maxrss_kb"] = maxrss_kb()
+        print(MARK + json.dumps(out), flush=True)
+        return
 
     if args.method == "a":
         fn = lambda: run_a(pipe, image, caps, args.steps, args.chunk)
@@ -259,7 +334,8 @@ def child(args):
     if args.warmup == "full": fn()
     elif args.warmup == "light": warm()
     out["warmup"], out["warmup_s"] = args.warmup, time.perf_counter() - t1
-    out["rss_before_kb"], out["maxrss_before_kb"] = rss_now_kb(), maxrss_kb()
+    out["rss_before_kb"], out["maxrss_before_kb"] = rss_now_kb(), maxrss_kb()   # ru_maxrss so far: build + warm-up
+    out["hwm_reset"] = reset_hwm()          # so that VmHWM after the timed runs is the timed section's own peak
     out["load_before"] = loadavg()
     times, cpu, waits, res = [], [], [], None
     for _ in range(args.repeats):
@@ -267,9 +343,11 @@ def child(args):
         res = fn()
         times.append(time.perf_counter() - t1); cpu.append(time.process_time() - c0); waits.append(runq_wait_s() - w0)
     out["load_after"] = loadavg()
-    out["maxrss_kb"] = maxrss_kb()
+    out["maxrss_kb"] = max(maxrss_kb(), out["maxrss_before_kb"])           # whole process (build, warm-up, timed)
+    out["timed_peak_kb"] = hwm_kb() if out["hwm_reset"] else out["maxrss_kb"]
     out["times"], out["cpu_s"], out["runq_wait_s"] = times, cpu, waits
     out["min_s"] = min(times) * (n_caps / len(caps))
+    out["contention"] = statistics.median(w / (t * out["threads"]) for w, t in zip(waits, times))  # share of thread time queued
     scale = n_caps / len(caps)                                                   # (b) on a caption subset: linear in captions
     out["extrapolated_from_captions"] = len(caps) if scale != 1 else None
     out["median_s"] = statistics.median(times) * scale
@@ -303,9 +381,12 @@ def run_child(args, model, dtype, method):
            "--captions", str(args.captions), "--b-latent", args.b_latent, "--b-text", args.b_text,
            "--repeats", str(args.repeats_big if big else args.repeats_tiny),
            "--warmup", args.warmup_big if big else args.warmup_tiny]
+    if method == "d": cmd[cmd.index("--repeats") + 1] = "3"
+    if method == "b" and big: cmd[cmd.index("--repeats") + 1] = str(args.repeats_b_big)
     if method == "b" and big and args.b_captions_big: cmd += ["--b-captions", str(args.b_captions_big)]
     if args.resolution: cmd += ["--resolution", str(args.resolution)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    if args.snapshot_dir: env["PYTHONPATH"] = os.pathsep.join([args.snapshot_dir] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.child_timeout)
     wall = time.perf_counter() - t0
@@ -337,18 +418,26 @@ def render(info, results, args)->str:
              f"transformers {info['transformers']}")
     L.append(f"- Workload: 1 image x {args.captions} captions x S={args.steps} timesteps (mode dsd, reference layers), "
              f"chunk_size={args.chunk}; (b) VAE latent = `{args.b_latent}`, text encoded {args.b_text.replace('_', ' ')}")
+    L.append(f"- Package: dsd_nb at git {args.git}, sources sha256[:12] {args.pkg_hash}"
+             f"{' (frozen copy imported by every measurement)' if args.snapshot_dir else ''}")
+    L.append(f"- Scheduling: autogroup `{args.autogroup}`; other processes may have run at the same time (see *contention*)")
     L.append(f"- Command: `HF_HUB_OFFLINE=1 python bench/bench_score.py {' '.join(args.argv)}`".rstrip() + "\n")
-    L.append("| model | dtype | method | UNet rows | s / run (median) | repeats | pairs / s | s / UNet row | min s | CPU-queue wait s (median run) | peak RSS MiB | RSS before timed MiB | peak - before MiB |")
-    L.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| model | dtype | method | UNet rows | s / run (median) | repeats | pairs / s | s / UNet row | min s | contention | peak RSS, timed runs MiB | RSS before timed MiB | timed peak - before MiB | peak RSS, whole process MiB |")
+    L.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     names = dict(a="(a) dsd_nb DSDScorer.score", b="(b) naive per-pair (reference cost)", c="(c) bare UNet rows (SDPA)")
     for r in results:
+        if r["method"] == "d": continue
         rep = f"{len(r['times'])} ({', '.join(f'{t:.2f}' for t in r['times'])})"
         if r.get("extrapolated_from_captions"): rep += f"; timed on {r['extrapolated_from_captions']} captions, x{r['captions'] / r['extrapolated_from_captions']:g}"
         L.append(f"| {r['model']} | {r['dtype']} | {names[r['method']]} | {r['unet_rows']:.0f} | {r['median_s']:.2f} | {rep} | "
-                 f"{r['pairs_per_s']:.3f} | {r['s_per_row']:.4f} | {r['min_s']:.2f} | {statistics.median(r['runq_wait_s']):.2f} | {fmt_mb(r['maxrss_kb'])} | {fmt_mb(r['rss_before_kb'])} | "
-                 f"{fmt_mb(r['maxrss_kb'] - r['rss_before_kb'])} |")
+                 f"{r['pairs_per_s']:.3f} | {r['s_per_row']:.4f} | {r['min_s']:.2f} | {r['contention']:.0%} | {fmt_mb(r['timed_peak_kb'])} | {fmt_mb(r['rss_before_kb'])} | "
+                 f"{fmt_mb(r['timed_peak_kb'] - r['rss_before_kb'])} | {fmt_mb(r['maxrss_kb'])} |")
     L.append("")
-    L.append("| model | dtype | (b)/(a) speed-up (target >= 3x) | (a)/(c) overhead (target <= 1.15x) | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | load avg during (a) |")
+    L.append("*contention*: median share of this process's thread time spent runnable but waiting for a CPU "
+             "(/proc/self/task/*/schedstat) during the timed runs; above ~5% the timing is inflated by other processes. "
+             "*peak RSS, timed runs*: VmHWM after resetting it (/proc/self/clear_refs) just before the timed runs; "
+             "*whole process*: ru_maxrss including model build (the bf16 models are built in fp32, then cast) and warm-up.\n")
+    L.append("| model | dtype | (b)/(a) speed-up (target >= 3x) | (a)/(c) overhead (target <= 1.15x) | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | contention a / b / c |")
     L.append("|---|---|---:|---:|---:|---|---:|---|")
     by = {}
     for r in results: by.setdefault((r["model"], r["dtype"]), {})[r["method"]] = r
@@ -360,24 +449,85 @@ def render(info, results, args)->str:
             sc = (f"{c['max_abs_diff']:.2e} (on {c['n']} captions)", "yes" if c["same_ranking"] else f"NO (top: a={c['top_a']}, b={c['top_b']})",
                   f"{c['min_gap_a']:.2e}")
         else: sc = ("-", "-", "-")
-        la = f"{g['a']['load_before']:.1f} -> {g['a']['load_after']:.1f}" if "a" in g else "-"
+        la = " / ".join(f"{g[k]['contention']:.0%}" if k in g else "-" for k in "abc")
         L.append(f"| {m} | {d} | {ba} | {ac} | {sc[0]} | {sc[1]} | {sc[2]} | {la} |")
     L.append("")
+    proj = [(k, g) for k, g in by.items() if all(x in g for x in "abcd")]
+    if proj:
+        K, M = args.steps, args.captions
+        L.append("**Stand-in VAE and text encoder vs SD-2.1-base-shaped ones** (random weights, same dtype; median of 3 calls, s). "
+                 "Projection: swap the measured stand-in component costs for the real-shaped ones, call for call: "
+                 f"(a) does 1 VAE encode + 1 text call on {M} captions + 1 on \"\"; "
+                 f"(b) does {M}x{K} VAE encodes + {M}x{K}x2 one-prompt text calls"
+                 f"{' (text per step)' if args.b_text == 'per_step' else ''}; (c) has none.\n")
+        L.append("| model | dtype | VAE encode stand-in / real (M params) | text 1 prompt stand-in / real | "
+                 f"text {M} prompts stand-in / real (M params) | projected (a) s | projected (b) s | projected (b)/(a) | projected (a)/(c) |")
+        L.append("|---|---|---|---|---|---:|---:|---:|---:|")
+        for (m, d), g in proj:
+            c = g["d"]
+            da = (c["real_vae_s"] - c["stand_vae_s"]) + (c["real_teM_s"] - c["stand_teM_s"]) + (c["real_te1_s"] - c["stand_te1_s"])
+            nb = M * K
+            db = nb * (c["real_vae_s"] - c["stand_vae_s"]) + (nb * 2 if args.b_text == "per_step" else M * 2) * (c["real_te1_s"] - c["stand_te1_s"])
+            pa, pb = g["a"]["median_s"] + da, g["b"]["median_s"] + db
+            L.append(f"| {m} | {d} | {c['stand_vae_s']:.3f} / {c['real_vae_s']:.3f} ({c['stand_vae_params_M']:.2f} / {c['real_vae_params_M']:.1f}) | "
+                     f"{c['stand_te1_s']:.3f} / {c['real_te1_s']:.3f} | {c['stand_teM_s']:.3f} / {c['real_teM_s']:.3f} "
+                     f"({c['stand_te_params_M']:.1f} / {c['real_te_params_M']:.1f}) | {pa:.1f} | {pb:.1f} | {pb / pa:.2f}x | "
+                     f"{pa / g['c']['median_s']:.3f}x |")
+        L.append("")
     return "\n".join(L)
 
 def parent(args):
+    if args.autogroup_nice is not None:
+        # With kernel.sched_autogroup_enabled=1, `nice` only ranks processes inside one session's autogroup; the CPU is
+        # shared fairly *between* sessions. Raising this session's autogroup priority keeps background jobs that were
+        # started (niced) from other sessions from taking half the CPUs during the measurements.
+        try: Path("/proc/self/autogroup").write_text(str(args.autogroup_nice))
+        except OSError as e: print(f"could not set the autogroup nice: {e}", flush=True)
+    args.autogroup = Path("/proc/self/autogroup").read_text().strip() if Path("/proc/self/autogroup").exists() else "n/a"
+    import dsd_nb
+    pkg = Path(dsd_nb.__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(pkg.glob("*.py")): h.update(f.name.encode()); h.update(f.read_bytes())
+    args.pkg_hash = h.hexdigest()[:12]
+    try:
+        root = pkg.parent
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", pkg.name], capture_output=True, text=True).stdout.strip()
+        args.git = f"{head}{' + uncommitted changes in ' + pkg.name + '/' if dirty else ''}"
+    except OSError: args.git = "n/a"
+    args.snapshot_dir = None
+    if args.snapshot:
+        # the package may be edited while the bench runs: every measurement imports one frozen copy
+        args.snapshot_dir = tempfile.mkdtemp(prefix="dsd_nb_bench_")
+        shutil.copytree(pkg, Path(args.snapshot_dir) / pkg.name, ignore=shutil.ignore_patterns("__pycache__"))
+    try: _parent(args)
+    finally:
+        if args.snapshot_dir: shutil.rmtree(args.snapshot_dir, ignore_errors=True)
+
+def _parent(args):
     variants = [v.split(":") for v in args.variants.split(",")]
     info = machine_info()
     results = []
     t0 = time.perf_counter()
     for model, dtype in variants:
         for method in args.methods.split(","):
-            print(f"[{time.perf_counter() - t0:7.1f}s] {model} {dtype} ({method}) ...", flush=True)
+            if method == "d" and model in ("tiny", "sd21full"): continue
+            busy, waited = cpu_busy(), 0.0
+            while busy > args.idle_busy and waited < args.idle_max_wait:
+                time.sleep(5); waited += 5 + 1; busy = cpu_busy()
+            print(f"[{time.perf_counter() - t0:7.1f}s] {model} {dtype} ({method}) ... (CPU busy {busy:.0%}, waited {waited:.0f}s for idle)", flush=True)
             r = run_child(args, model, dtype, method)
+            r["cpu_busy_before"], r["idle_waited_s"] = busy, waited
+            if args.snapshot_dir and not r["dsd_nb_file"].startswith(args.snapshot_dir):
+                print(f"  warning: the measurement imported {r['dsd_nb_file']}, not the frozen copy", flush=True)
             results.append(r)
+            if method == "d":
+                print(f"[{time.perf_counter() - t0:7.1f}s]   " + ", ".join(f"{k}={v:.3f}" for k, v in r.items() if k.startswith(("stand_", "real_"))), flush=True)
+                if args.json: Path(args.json).write_text(json.dumps(dict(info=info, results=results), indent=1))
+                continue
             print(f"[{time.perf_counter() - t0:7.1f}s]   median {r['median_s']:.3f}s  times {[round(t, 3) for t in r['times']]}  "
                   f"build {r['build_s']:.1f}s warmup {r['warmup_s']:.1f}s  peak RSS {fmt_mb(r['maxrss_kb'])} MiB  "
-                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}  runq wait {[round(w, 2) for w in r['runq_wait_s']]}", flush=True)
+                  f"load {r['load_before']:.1f}->{r['load_after']:.1f}  contention {r['contention']:.0%}  timed peak {fmt_mb(r['timed_peak_kb'])} MiB", flush=True)
             if args.json: Path(args.json).write_text(json.dumps(dict(info=info, results=results), indent=1))
     md = render(info, results, args)
     md += f"\nTotal bench wall time: {time.perf_counter() - t0:.0f} s.\n"
@@ -391,19 +541,21 @@ def parent(args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of model:dtype (models: tiny, sd21; dtypes: fp32, bf16)")
-    ap.add_argument("--methods", default="a,b,c", help="comma list of a, b, c")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of model:dtype (models: tiny, sd21 (stand-in VAE/text encoder), sd21full (SD-2.1-sized VAE and text encoder too); dtypes: fp32, bf16)")
+    ap.add_argument("--methods", default="a,b,c,d",
+                    help="comma list of a, b, c, d (d: VAE / text-encoder cost, stand-in vs SD-2.1-shaped; big models only)")
     ap.add_argument("--steps", type=int, default=10, help="S, the reference timestep grid (10 -> 10 timesteps)")
     ap.add_argument("--captions", type=int, default=10, help=f"number of captions (at most {len(CAPTIONS)})")
     ap.add_argument("--chunk", type=int, default=32, help="UNet rows per call for (a) and (c) (DSDScorer chunk_size)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--resolution", type=int, default=None, help="image size (default: 64 for tiny, 256 for sd21)")
     ap.add_argument("--repeats-tiny", type=int, default=5)
-    ap.add_argument("--repeats-big", type=int, default=1)
+    ap.add_argument("--repeats-big", type=int, default=2)
+    ap.add_argument("--repeats-b-big", type=int, default=1, help="repeats of (b) on the big model (it is the slowest)")
     ap.add_argument("--warmup-tiny", choices=("full", "light", "none"), default="full")
     ap.add_argument("--warmup-big", choices=("full", "light", "none"), default="light",
                     help="light: one run with 1 timestep (a, c) or 1 caption x 1 timestep (b)")
-    ap.add_argument("--b-captions-big", type=int, default=4,
+    ap.add_argument("--b-captions-big", type=int, default=0,
                     help="(b) on the big model: time this many captions and extrapolate linearly (0 = all)")
     ap.add_argument("--b-latent", choices=("mean", "sample"), default="mean",
                     help="(b) latent: posterior mean (comparable with (a) to ~1e-3) or a sample as in the reference (same cost)")
@@ -413,6 +565,12 @@ def main(argv=None):
     ap.add_argument("--append", help="append the markdown to this file")
     ap.add_argument("--json", default=str(HERE / "results_raw.json"), help="raw results (JSON) path ('' to skip)")
     ap.add_argument("--child-timeout", type=int, default=1800)
+    ap.add_argument("--no-snapshot", dest="snapshot", action="store_false",
+                    help="import the live package in each measurement instead of a frozen copy taken at start")
+    ap.add_argument("--autogroup-nice", type=int, default=None,
+                    help="set this session's scheduler autogroup nice (-20..19, root) so niced jobs from other sessions yield")
+    ap.add_argument("--idle-busy", type=float, default=0.15, help="before each measurement wait until the CPUs are less busy than this")
+    ap.add_argument("--idle-max-wait", type=float, default=120, help="... but at most this many seconds")
     # child mode
     ap.add_argument("--child", action="store_true", help="run one measurement in this process and print one JSON line")
     ap.add_argument("--model", default="tiny"); ap.add_argument("--dtype", default="fp32"); ap.add_argument("--method", default="a")
