@@ -153,3 +153,21 @@ def test_bad_argument_one_line_with_empty_cache(cli):
     r = cli["fresh cache"]()
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_newcomer_breakages_exit_two(tmp_path):
+    "Inputs a newcomer found to crash the command: huge seeds, broken model configs, a bad image with a broken model."
+    import json as _json, os as _os, subprocess as _sp, sys as _sys
+    env = dict(_os.environ, HF_HUB_OFFLINE="1")
+    img = tmp_path / "x.png"
+    import PIL.Image as _I; _I.new("RGB", (32, 32), (10, 20, 30)).save(img)
+    m = tmp_path / "m_list"; m.mkdir(); (m / "model_index.json").write_text("[1, 2, 3]")
+    e = tmp_path / "m_empty"; e.mkdir(); (e / "model_index.json").write_text("{}")
+    cases = [[str(img), "a", "--seed", str(2 ** 70)], [str(img), "a", "--model", str(m)], [str(img), "a", "--model", str(e)],
+             [str(tmp_path / "nope.png"), "a", "--model", str(m)]]
+    for argv in cases:
+        r = _sp.run(["dsd-score", *argv], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (argv, r.stderr)
+    r = _sp.run(["dsd-score", str(tmp_path / "nope.png"), "a", "--model", str(m)], capture_output=True, text=True, env=env, timeout=300)
+    assert "does not exist" in r.stderr  # the image is checked before the model

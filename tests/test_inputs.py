@@ -1,3 +1,4 @@
+import re
 """inputs and captions: bad images give `DSDInputError` with the documented messages, every PIL mode
 becomes RGB (transparent pixels white), tensors are checked, captions are validated, long captions
 warn with the number of dropped tokens, and non-ASCII captions score."""
@@ -107,8 +108,13 @@ def test_float_tensor_outside_unit_range(x):
 
 @pytest.mark.parametrize("shape", [(16, 16), (16, 16, 3), (1, 16, 16, 3), (2, 4, 16, 16), (1, 1, 3, 16, 16)])
 def test_wrong_tensor_shape(shape):
-    with pytest.raises(DSDInputError, match=r"\[3, H, W\] or \[N, 3, H, W\]"):
+    with pytest.raises(DSDInputError, match=r"\[C, H, W\] or \[N, C, H, W\].*got shape " + re.escape(str(tuple(shape)))):
         images_to_tensor(torch.rand(shape), size=64)
+
+
+def test_empty_tensor_batch():
+    with pytest.raises(DSDInputError, match="no images"):
+        images_to_tensor(torch.rand(0, 3, 16, 16), size=64)
 
 
 def test_non_finite_and_integer_tensors():
