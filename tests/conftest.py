@@ -50,6 +50,17 @@ def fresh_pipe():
     return tiny_pipeline(seed=0)
 
 
+@pytest.fixture
+def lora_pipe(fresh_pipe):
+    "A fresh tiny pipeline whose UNet carries the reference's LoRA (rank 4, alpha 4, gaussian, q/k/v/out); returns (pipe, lora params)."
+    peft = pytest.importorskip("peft")
+    unet = fresh_pipe.unet
+    unet.requires_grad_(False)
+    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    return fresh_pipe, {n: p for n, p in unet.named_parameters() if "lora_" in n}
+
+
 @pytest.fixture(scope="session")
 def images():
     "Three different 64x64 RGB images as a float tensor in [0, 1], [3, 3, 64, 64]."

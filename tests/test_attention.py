@@ -249,13 +249,9 @@ def test_lse_keeps_graph_when_grad_enabled(fresh_pipe, unet_inputs):
     assert not cap2.layer_means().requires_grad
 
 
-def test_capture_with_peft_lora(fresh_pipe, unet_inputs):
-    peft = pytest.importorskip("peft")
+def test_capture_with_peft_lora(lora_pipe, unet_inputs):
+    fresh_pipe, lora = lora_pipe
     unet = fresh_pipe.unet
-    unet.requires_grad_(False)
-    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    lora = {n: p for n, p in unet.named_parameters() if "lora_" in n}
     assert lora and all(p.requires_grad for p in lora.values())
     assert not any(p.requires_grad for n, p in unet.named_parameters() if "lora_" not in n)
     x, t, ctx = unet_inputs

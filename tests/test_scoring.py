@@ -166,13 +166,9 @@ def test_score_pairs_count_mismatch(pipe, images, captions):
 
 # ----------------------------------------------------------------------------- gradients
 
-def test_grad_flag(fresh_pipe, images, captions):
-    peft = pytest.importorskip("peft")
+def test_grad_flag(lora_pipe, images, captions):
+    fresh_pipe, lora = lora_pipe
     unet = fresh_pipe.unet
-    unet.requires_grad_(False)
-    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    lora = {n: p for n, p in unet.named_parameters() if "lora_" in n}
     sc = DSDScorer(fresh_pipe, steps=2)
     s = sc.score(images[:1], captions[:2])
     assert not s.requires_grad
