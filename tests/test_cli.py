@@ -35,11 +35,12 @@ def _run(args, cache):
 def _jobs(img, tmp):
     caps_file = tmp / "captions.txt"
     caps_file.write_text("# captions, one per line\n\n" + "\n".join(f"  {c}  " for c in CAPS) + "\n", encoding="utf-8")
-    base = [img, *CAPS, "--steps", STEPS]
+    base = [img, *CAPS, "--steps", STEPS, "--model", "tiny-random"]
     jobs = {
         "table": base,
         "json": [*base, "--json"],
-        "captions_file": [img, "--captions_file", caps_file, "--steps", STEPS, "--json"],
+        "default model": [img, *CAPS, "--steps", STEPS, "--json"],
+        "captions_file": [img, "--captions_file", caps_file, "--steps", STEPS, "--json", "--model", "tiny-random"],
         "bad:missing image": [tmp / "no-such-image.png", "a cat", "--steps", STEPS],
         "bad:no captions": [img, "--steps", STEPS],
         "bad:--mode bogus": [img, "a cat", "--mode", "bogus"],
@@ -60,7 +61,7 @@ def cli(chelsea_path, tmp_path_factory):
     cache = tmp / "cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSD_NB_CACHE", str(cache))
-        builtin_model_path(DEFAULT_MODEL)  # build the built-in model once, before the runs share the cache
+        builtin_model_path("tiny-random")  # build the cached built-in model once, before the runs share the cache
     pool = ThreadPoolExecutor(max_workers=2)
     futures = {name: pool.submit(_run, args, cache) for name, args in _jobs(chelsea_path, tmp).items()}
     futures["fresh cache"] = pool.submit(_run, [tmp / "no-such-image.png", "a cat"], tmp / "fresh-cache")
@@ -99,7 +100,7 @@ def test_table(cli):
 
 def test_json(cli, pipe, chelsea_path):
     out = json.loads(_ok(cli["json"]()))
-    assert out["model"] == DEFAULT_MODEL and out["mode"] == "dsd" and out["steps"] == STEPS and out["seed"] == 0
+    assert out["model"] == "tiny-random" and out["mode"] == "dsd" and out["steps"] == STEPS and out["seed"] == 0
     assert out["timesteps"] == reference_timesteps(STEPS).tolist()
     assert len(out["layers"]) == 6
     rk = out["ranking"]
@@ -113,6 +114,16 @@ def test_json(cli, pipe, chelsea_path):
     # and the table shows the same ranking, rounded to 4 decimals
     rows = _table(_ok(cli["table"]()))
     assert [(c, round(s, 4)) for _, s, c in rows] == [(x["caption"], round(x["score"], 4)) for x in rk]
+
+
+def test_default_model_is_the_shipped_one(cli, chelsea_path):
+    "Without --model the command scores with the shipped scene-world model, exactly as the Python API does."
+    from dsd_nb.models import load_pipeline
+    out = json.loads(_ok(cli["default model"]()))
+    assert out["model"] == DEFAULT_MODEL == "scene-sd"
+    api = DSDScorer(load_pipeline(), steps=STEPS).score(chelsea_path, CAPS)[0]
+    for x in out["ranking"]:
+        assert abs(x["score"] - api[CAPS.index(x["caption"])].item()) < 1e-5
 
 
 def test_captions_file(cli):

@@ -103,12 +103,12 @@ def test_builtin_model_in_private_cache(pipe, tmp_path, monkeypatch):
     monkeypatch.setenv("DSD_NB_CACHE", str(tmp_path / "cache"))
     assert cache_dir() == tmp_path / "cache"
     assert DEFAULT_MODEL in BUILTIN_MODELS
-    folder = builtin_model_path(DEFAULT_MODEL)
+    folder = builtin_model_path("tiny-random")
     assert folder.parent == tmp_path / "cache" and (folder / "model_index.json").exists()
-    assert resolve_model(None) == (str(folder), True)
-    q = load_pipeline(DEFAULT_MODEL)
+    assert resolve_model("tiny-random") == (str(folder), True)
+    q = load_pipeline("tiny-random")
     _same_weights(q.unet, pipe.unet)
-    assert builtin_model_path(DEFAULT_MODEL) == folder  # cached: built once
+    assert builtin_model_path("tiny-random") == folder  # cached: built once
     with pytest.raises(DSDInputError, match="built-in"):
         builtin_model_path("nope")
 
@@ -116,7 +116,7 @@ def test_builtin_model_in_private_cache(pipe, tmp_path, monkeypatch):
 def test_first_use_of_builtin_model_is_quiet(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("DSD_NB_CACHE", str(tmp_path / "fresh-cache"))
     capfd.readouterr()
-    load_pipeline(DEFAULT_MODEL, progress=False)
+    load_pipeline("tiny-random", progress=False)
     err = capfd.readouterr().err
     assert "Writing model shards" not in err and "%|" not in err, err
 

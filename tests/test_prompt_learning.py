@@ -1,0 +1,322 @@
+"""Few-shot prompt learning (dsd_nb.prompt_learning): LoRA set-up, shared draws, losses, training, resume,
+checkpoints (ours and the reference's), adapter switching, data-parallel training and the `dsd-train` command."""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dsd_nb.core import DSDInputError
+from dsd_nb.models import tiny_pipeline, _quiet_loading
+from dsd_nb.scoring import DSDScorer
+from dsd_nb.prompt_learning import (RankingExample, scene_ranking_examples, few_shot, lora_config, add_lora, lora_parameters,
+                                    use_adapter, example_generator, ranking_scores, ranking_loss, save_adapter,
+                                    reference_lora_shapes, read_reference_lora, load_reference_lora, PromptConfig,
+                                    train_prompt, batch_indices, evaluate_ranking)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shots():
+    return scene_ranking_examples("fewshot", 4, direction="i2t")
+
+
+def _perturb(pipe, name, std=0.05, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lora_parameters(pipe.unet, name): p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+# ----------------------------------------------------------------------------- adapters
+
+def test_lora_targets_all_vs_cross(fresh_pipe):
+    n_all = add_lora(fresh_pipe, "all", layers="all")
+    n_cross = add_lora(fresh_pipe, "cross", layers="cross")
+    names_all = [n for n, _ in fresh_pipe.unet.named_parameters() if ".all." in n]
+    names_cross = [n for n, _ in fresh_pipe.unet.named_parameters() if ".cross." in n]
+    assert all(".attn2." in n for n in names_cross) and any(".attn1." in n for n in names_all)
+    assert len(names_all) == 2 * len(names_cross) == 22 * 4 * 2
+    assert 0 < n_cross < n_all
+    # only adapter weights train; everything else is frozen
+    trainable = [n for n, p in fresh_pipe.unet.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert not any(p.requires_grad for m in (fresh_pipe.vae, fresh_pipe.text_encoder) for p in m.parameters())
+
+
+def test_lora_init_is_seeded_and_identity(fresh_pipe):
+    other = tiny_pipeline(seed=0)
+    add_lora(fresh_pipe, "a", seed=3); add_lora(other, "a", seed=3)
+    for p, q in zip(lora_parameters(fresh_pipe.unet, "a"), lora_parameters(other.unet, "a")): assert torch.equal(p, q)
+    b = [p for n, p in fresh_pipe.unet.named_parameters() if "lora_B" in n]
+    a = [p for n, p in fresh_pipe.unet.named_parameters() if "lora_A" in n]
+    assert all((p == 0).all() for p in b)                       # up projections start at zero: no change
+    r = 4; std = torch.cat([p.flatten() for p in a]).std().item()
+    assert abs(std - 1 / r) < 0.05                               # gaussian init, std 1/rank (the reference)
+
+
+def test_bad_lora_settings(fresh_pipe):
+    with pytest.raises(DSDInputError, match="rank"): lora_config(rank=0)
+    with pytest.raises(DSDInputError, match="'all' or 'cross'"): lora_config(layers="self")
+    add_lora(fresh_pipe, "x")
+    with pytest.raises(DSDInputError, match="already has an adapter"): add_lora(fresh_pipe, "x")
+    with pytest.raises(DSDInputError, match="no adapter named"): use_adapter(fresh_pipe, "y")
+
+
+def test_switching_adapters_changes_scores(fresh_pipe, shots):
+    img, caps = shots[0].images, shots[0].captions
+    base = DSDScorer(fresh_pipe, steps=3).score(img, caps)
+    add_lora(fresh_pipe, "a"); _perturb(fresh_pipe, "a", seed=1)
+    add_lora(fresh_pipe, "b"); _perturb(fresh_pipe, "b", seed=2)
+    use_adapter(fresh_pipe, "a"); sa = DSDScorer(fresh_pipe, steps=3).score(img, caps)
+    use_adapter(fresh_pipe, "b"); sb = DSDScorer(fresh_pipe, steps=3).score(img, caps)
+    use_adapter(fresh_pipe, None); s0 = DSDScorer(fresh_pipe, steps=3).score(img, caps)
+    use_adapter(fresh_pipe, "a"); sa2 = DSDScorer(fresh_pipe, steps=3).score(img, caps)
+    assert torch.equal(s0, base) and torch.equal(sa, sa2)
+    assert not torch.allclose(sa, base) and not torch.allclose(sa, sb)
+
+
+# ----------------------------------------------------------------------------- examples, draws, losses
+
+def test_examples_and_few_shot():
+    ex = scene_ranking_examples("fewshot", 3, direction="t2i")
+    assert all(e.direction == "t2i" and len(e.captions) == 1 and len(e.images) == e.n_candidates for e in ex)
+    assert all(len(e.kinds) == e.n_candidates - 1 for e in ex)
+    pool = scene_ranking_examples("fewshot", 10)
+    a, b, c = few_shot(pool, 4, seed=0), few_shot(pool, 4, seed=0), few_shot(pool, 4, seed=1)
+    assert [e.captions for e in a] == [e.captions for e in b] and [e.captions for e in a] != [e.captions for e in c]
+    with pytest.raises(DSDInputError, match="shots"): few_shot(pool, 0)
+    with pytest.raises(DSDInputError, match="fraction"): few_shot(pool, 1.5)
+    with pytest.raises(DSDInputError, match="direction"): scene_ranking_examples("fewshot", 1, direction="x")
+    with pytest.raises(DSDInputError, match="needs 1 image"): RankingExample(ex[0].images, ["a", "b"])
+
+
+def test_draw_is_shared_by_candidates(pipe, shots):
+    "Identical candidates under one shared (timestep, noise) draw get identical scores (the reference's draws differ)."
+    e = shots[0]
+    twin = RankingExample(e.images, [e.captions[0], e.captions[0], e.captions[1]])
+    s = ranking_scores(DSDScorer(pipe), [twin], [example_generator(0, 0, 0)], n_draws=2)[0]
+    assert s[0] == s[1] and s[0] != s[2]
+    assert torch.isclose(ranking_loss([s], margin=0.1)[0], torch.tensor(0.1) + torch.relu(s[2] - s[0]))
+    timg = RankingExample([e.images[0], e.images[0]], [e.captions[0]])
+    s = ranking_scores(DSDScorer(pipe), [timg], [example_generator(0, 0, 0)])[0]
+    assert s[0] == s[1]
+
+
+@pytest.mark.parametrize("mode", ["dsd", "attention", "diffusion_itm"])
+def test_ranking_scores_independent_of_batch_and_chunks(pipe, mode):
+    ex = scene_ranking_examples("fewshot", 2, direction="both")
+    gens = lambda: [example_generator(5, 3, i) for i in range(len(ex))]
+    a = ranking_scores(DSDScorer(pipe, mode=mode, chunk_size=1), ex, gens(), n_draws=2)
+    b = ranking_scores(DSDScorer(pipe, mode=mode, chunk_size=64), ex, gens(), n_draws=2)
+    c = [ranking_scores(DSDScorer(pipe, mode=mode), [e], [example_generator(5, 3, i)], n_draws=2)[0] for i, e in enumerate(ex)]
+    for x, y, z in zip(a, b, c):
+        assert x.shape == (len(y),) and torch.allclose(x, y, atol=1e-5) and torch.allclose(x, z, atol=1e-5)
+
+
+def test_draws_depend_on_seed_step_and_index():
+    t = lambda s, k, i: torch.randint(0, 1000, (4,), generator=example_generator(s, k, i)).tolist()
+    assert t(0, 0, 0) == t(0, 0, 0)
+    assert len({str(t(0, 0, 0)), str(t(1, 0, 0)), str(t(0, 1, 0)), str(t(0, 0, 1))}) == 4
+
+
+def test_losses():
+    s = [torch.tensor([1.0, 0.2, 0.95]), torch.tensor([0.0, 0.5])]
+    assert torch.allclose(ranking_loss(s), torch.tensor([0.05, 0.6]))
+    assert torch.allclose(ranking_loss(s, margin=0.0), torch.tensor([0.0, 0.5]))
+    ce = ranking_loss(s, "ce")
+    assert torch.allclose(ce, torch.stack([-torch.log_softmax(x, 0)[0] for x in s]))
+    with pytest.raises(DSDInputError, match="hinge"): ranking_loss(s, "mse")
+
+
+def test_batch_indices_cover_each_epoch():
+    for step in range(3):
+        assert sorted(sum((batch_indices(12, 4, 3 * step + j, 0) for j in range(3)), [])) == list(range(12))
+
+
+# ----------------------------------------------------------------------------- training and checkpoints
+
+CFG = dict(steps=6, batch_size=2, lr=1e-2, ckpt_every=2, val_every=3, val_draws=1, chunk_size=32)
+
+
+def test_training_lowers_the_training_loss(shots):
+    p = tiny_pipeline(seed=0)
+    sc = DSDScorer(p, seed=0)
+    add_lora(p, "probe")  # an identity adapter, to measure the base model with the same code path
+    before = evaluate_ranking(sc, shots, n_draws=2)["loss"]
+    q = tiny_pipeline(seed=0)
+    train_prompt(q, shots, config=PromptConfig(**{**CFG, "steps": 12, "lr": 2e-2}), progress=False)
+    after = evaluate_ranking(DSDScorer(q, seed=0), shots, n_draws=2)["loss"]
+    assert after < before, (before, after)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, shots):
+    cfg = PromptConfig(**{**CFG, "grad_accum": 2})
+    p1 = tiny_pipeline(seed=0)
+    log1 = train_prompt(p1, shots, shots[:1], out=tmp_path / "a", config=cfg, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, shots[:1], out=tmp_path / "b", config=cfg, stop_after=3, progress=False)
+    assert not (tmp_path / "b" / "done.json").exists() and (tmp_path / "b" / "checkpoints" / "last" / "trainer_state.pt").exists()
+    p2 = tiny_pipeline(seed=0)
+    log2 = train_prompt(p2, shots, shots[:1], out=tmp_path / "b", config=cfg, progress=False)
+    for a, b in zip(lora_parameters(p1.unet), lora_parameters(p2.unet)): assert torch.equal(a, b)
+    assert log1.loss.tolist() == log2.loss.tolist() and len(log2) == cfg.steps
+    assert "val_accuracy" in log1.columns and log1.val_accuracy.notna().sum() == 2
+    # the final adapter is in the diffusers layout and loads into a stock pipeline
+    fresh = tiny_pipeline(seed=0)
+    with _quiet_loading(): fresh.load_lora_weights(str(tmp_path / "a" / "adapter"), adapter_name="x")
+    for a, b in zip(lora_parameters(p1.unet), lora_parameters(fresh.unet, "x")): assert torch.equal(a, b)
+    metrics = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("step,loss,train_acc") and len(metrics) == cfg.steps + 1
+
+
+def test_run_folder_protection(tmp_path, shots):
+    cfg = PromptConfig(**{**CFG, "steps": 2})
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, progress=False)
+    with pytest.raises(DSDInputError, match="finished run"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, overwrite=True, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "steps": 4}), stop_after=1, progress=False)
+    with pytest.raises(DSDInputError, match="other settings"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "steps": 4, "lr": 1.0}), progress=False)
+    with pytest.raises(DSDInputError, match="multiple of grad_accum"):
+        train_prompt(tiny_pipeline(seed=0), shots, config=PromptConfig(batch_size=3, grad_accum=2), progress=False)
+
+
+def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):
+    add_lora(fresh_pipe, "a", rank=2, alpha=8.0); _perturb(fresh_pipe, "a")
+    save_adapter(fresh_pipe, tmp_path / "ad", "a")
+    assert (tmp_path / "ad" / "pytorch_lora_weights.safetensors").exists()
+    other = tiny_pipeline(seed=0)
+    with _quiet_loading(): other.load_lora_weights(str(tmp_path / "ad"), adapter_name="a")
+    assert other.unet.peft_config["a"].lora_alpha == 8.0 and other.unet.peft_config["a"].r == 2
+    s1 = DSDScorer(fresh_pipe, steps=2).score(shots[0].images, shots[0].captions)
+    s2 = DSDScorer(other, steps=2).score(shots[0].images, shots[0].captions)
+    assert torch.equal(s1, s2)
+
+
+# ----------------------------------------------------------------------------- reference checkpoints
+
+def _reference_ckpt(unet, path, rank=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: torch.randn(s, generator=g) * 0.05 for k, s in reference_lora_shapes(unet, rank).items()}
+    torch.save(sd, path)
+    return sd
+
+
+def test_reference_checkpoint_acts_as_w_plus_up_down(tmp_path, fresh_pipe):
+    sd = _reference_ckpt(fresh_pipe.unet, tmp_path / "pytorch_model.bin")
+    n = load_reference_lora(fresh_pipe, tmp_path)  # a folder works too
+    assert n == sum(v.numel() for v in sd.values())
+    for key in ("down_blocks.0.attentions.0.transformer_blocks.0.attn1", "up_blocks.1.attentions.0.transformer_blocks.0.attn2"):
+        for proj, mod in (("to_q", "to_q"), ("to_v", "to_v"), ("to_out", "to_out.0")):
+            lin = fresh_pipe.unet.get_submodule(f"{key}.{mod}")
+            x = torch.randn(3, lin.in_features)
+            d, u = sd[f"{key}.processor.{proj}_lora.down.weight"], sd[f"{key}.processor.{proj}_lora.up.weight"]
+            assert torch.allclose(lin(x), lin.base_layer(x) + x @ d.T @ u.T, atol=1e-5)
+
+
+def test_reference_checkpoint_mismatches_are_named(tmp_path, fresh_pipe):
+    sd = _reference_ckpt(fresh_pipe.unet, tmp_path / "ok.bin")
+    k0 = sorted(sd)[0]
+    cases = {
+        "missing 1 keys": {k: v for k, v in sd.items() if k != k0},
+        "extra 1 keys": {**sd, "mid_block.attentions.9.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": torch.zeros(4, 32)},
+        "not reference LoRA keys": {**sd, "conv_in.weight": torch.zeros(1)},
+        "ranks differ": {**sd, k0: torch.zeros(8, sd[k0].shape[1])},
+        "shapes that do not fit": {**sd, k0: torch.zeros(sd[k0].shape[0], sd[k0].shape[1] + 1) if k0.endswith("down.weight") else torch.zeros(sd[k0].shape[0] + 1, sd[k0].shape[1])},
+    }
+    for msg, bad in cases.items():
+        torch.save(bad, tmp_path / "bad.bin")
+        with pytest.raises(DSDInputError, match=msg): read_reference_lora(tmp_path / "bad.bin", fresh_pipe.unet)
+    with pytest.raises(DSDInputError, match="has rank 4"): read_reference_lora(tmp_path / "ok.bin", fresh_pipe.unet, rank=8)
+    with pytest.raises(DSDInputError, match="not found"): read_reference_lora(tmp_path / "nope.bin", fresh_pipe.unet)
+    (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(DSDInputError, match="weights-only"): read_reference_lora(tmp_path / "junk.bin", fresh_pipe.unet)
+
+
+def test_reference_checkpoint_refuses_pickled_code(tmp_path, fresh_pipe):
+    class Evil:
+        def __reduce__(self): return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+    torch.save({"x": Evil()}, tmp_path / "evil.bin")
+    with pytest.raises(DSDInputError, match="weights-only"): read_reference_lora(tmp_path / "evil.bin", fresh_pipe.unet)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_reference_checkpoint_of_sd21_size():
+    from dsd_nb.models import sd21_unet
+    shapes = reference_lora_shapes(sd21_unet(device="meta"))
+    assert len(shapes) == 256 and sum(a * b for a, b in shapes.values()) == 829_952
+    assert shapes["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight"] == (4, 320)
+    assert shapes["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight"] == (4, 1024)
+
+
+# ----------------------------------------------------------------------------- data parallel and the command
+
+def _exe(name):
+    p = Path(sys.executable).parent / name
+    return str(p) if p.exists() else shutil.which(name)
+
+
+def test_two_processes_train_like_one(tmp_path):
+    "`accelerate launch` with 2 CPU processes gives the single-process run's losses and (up to float reduction order) weights."
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "tests" / "ddp_train_script.py")
+    one = subprocess.run([sys.executable, script, str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([_exe("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+                          script, str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "world 2" in two.stdout and "world 1" in one.stdout
+    a = load_file(tmp_path / "one" / "adapter" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "two" / "adapter" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    moved = max(v.abs().max().item() for k, v in a.items() if "lora_B" in k)
+    assert moved > 3e-3  # training moved the up projections away from zero
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.1 * moved
+    la = (tmp_path / "one" / "metrics.csv").read_text().splitlines()[1:]
+    lb = (tmp_path / "two" / "metrics.csv").read_text().splitlines()[1:]
+    for x, y in zip(la, lb):
+        assert abs(float(x.split(",")[1]) - float(y.split(",")[1])) < 1e-5
+
+
+def test_dsd_train_command(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "4", "--steps", "2",
+            "--batch_size", "2", "--val_n", "2", "--val_every", "2", "--lr", "1e-3"]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("finished: step 2"), r.stdout
+    run = tmp_path / "run"
+    assert (run / "adapter" / "pytorch_lora_weights.safetensors").exists() and (run / "metrics.csv").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["steps"] == 2 and cfg["rank"] == 4 and cfg["margin"] == 0.1 and cfg["lr"] == 1e-3
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 2 and "finished run" in again.stderr and "Traceback" not in again.stderr
+    for bad, msg in ((["--shots", "0"], "shots"), (["--loss", "mse"], "hinge"), (["--lora_layers", "self"], "'all' or 'cross'"),
+                     (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], "")):
+        r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
+
+
+def test_comvg_examples(tmp_path):
+    from dsd_nb.scenes import write_comvg
+    from dsd_nb.prompt_learning import comvg_ranking_examples
+    ex = comvg_ranking_examples(write_comvg(tmp_path / "c", split="fewshot", n=2) / "comvg.csv")
+    assert ex and all(e.direction == "t2i" and e.n_candidates == 2 and Path(e.images[1]).exists() for e in ex)
+    with pytest.raises(DSDInputError, match="does not exist"): comvg_ranking_examples(tmp_path / "none.csv")
+
+
+def test_bf16_mixed_precision_then_plain_scoring(shots):
+    p = tiny_pipeline(seed=0)
+    log = train_prompt(p, shots, config=PromptConfig(**{**CFG, "steps": 2, "mixed_precision": "bf16"}), progress=False)
+    assert len(log) == 2 and log.loss.notna().all()
+    q = tiny_pipeline(seed=0); add_lora(q, "default")
+    with torch.no_grad():
+        for a, b in zip(lora_parameters(q.unet), lora_parameters(p.unet)): a.copy_(b)
+    s_p = DSDScorer(p, steps=2).score(shots[0].images, shots[0].captions)
+    s_q = DSDScorer(q, steps=2).score(shots[0].images, shots[0].captions)
+    assert torch.equal(s_p, s_q)  # no autocast left behind on the trained pipeline
+    with pytest.raises(DSDInputError, match="fp16 mixed precision needs a GPU"):
+        train_prompt(tiny_pipeline(seed=0), shots, config=PromptConfig(mixed_precision="fp16"), progress=False)
