@@ -179,6 +179,13 @@ def test_run_folder_protection(tmp_path, shots):
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "steps": 4}), stop_after=1, progress=False)
     with pytest.raises(DSDInputError, match="other settings"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "steps": 4, "lr": 1.0}), progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, stop_after=1, run_info=dict(shots="4"), progress=False)
+    with pytest.raises(DSDInputError, match="other settings"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, run_info=dict(shots="8"), progress=False)
+    assert (tmp_path / "u" / "metrics.csv").exists()  # written with every checkpoint, not only at the end
+    with pytest.raises(DSDInputError, match="fp16"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "v", config=PromptConfig(mixed_precision="fp16"), progress=False)
+    assert not (tmp_path / "v").exists()  # a refused run leaves no folder behind
     with pytest.raises(DSDInputError, match="multiple of grad_accum"):
         train_prompt(tiny_pipeline(seed=0), shots, config=PromptConfig(batch_size=3, grad_accum=2), progress=False)
 
@@ -295,7 +302,8 @@ def test_dsd_train_command(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "finished run" in again.stderr and "Traceback" not in again.stderr
     for bad, msg in ((["--shots", "0"], "shots"), (["--loss", "mse"], "hinge"), (["--lora_layers", "self"], "'all' or 'cross'"),
-                     (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], "")):
+                     (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], ""),
+                     (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
 

@@ -94,3 +94,11 @@ def test_scene_example_and_command(tmp_path, monkeypatch):
     scene, cap, negs = scene_example("test", 2)
     assert is_true(cap, scene) and len(negs) == 5 and not any(is_true(c, scene) for _, c in negs)
     with pytest.raises(DSDInputError): scene_example("test", -1)
+
+
+def test_scene_example_and_render_bounds():
+    from dsd_nb.scenes import scene_example, render, MAX_INDEX
+    from dsd_nb.core import DSDInputError
+    with pytest.raises(DSDInputError, match="index must be"): scene_example("test", MAX_INDEX)
+    scene, _, _ = scene_example("test", 0)
+    with pytest.raises(DSDInputError, match="32 to 2048"): render(scene, 5000)
