@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 import PIL.Image
-from .core import DSDInputError
+from .core import DSDInputError, replace_dir
 from .scenes import sample_examples, detect, SPLITS
 
 # %% auto #0
@@ -41,9 +41,7 @@ def ship_scene_sd(run_dir, # a finished `dsd-train-scene-sd` output folder (has 
     try:
         shutil.copytree(run_dir / "pipeline", tmp, dirs_exist_ok=True)
         shutil.copy2(run_dir / "recipe.json", tmp / "recipe.json")
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old.{os.getpid()}"); dest.rename(old); tmp.rename(dest); shutil.rmtree(old)
-        else: tmp.rename(dest)
+        replace_dir(tmp, dest)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
