@@ -320,11 +320,18 @@ def test_explorer_redraws_from_cache(pipe, scene):
             a = _panels(fig)[1]
             assert l0.short in a.get_title() and a.images[-1].get_alpha() == 0.25
         finally: fig.clf()
-        # an impossible combination is reported in the widget, not raised
-        heads = min(l.heads for l in ex.trace.layers)
-        if max(l.heads for l in ex.trace.layers) > heads:
-            ex.layer.value = "all"; ex.head.value = max(l.heads for l in ex.trace.layers) - 1
-            assert "heads" in ex.message.value
+        # the head menu offers only the heads the chosen layer has ("all": the heads every layer has)
+        for l in ex.trace.layers:
+            ex.layer.value = l.short
+            assert [v for _, v in ex.head.options] == ["mean"] + list(range(l.heads)), l.short
+        big = max(ex.trace.layers, key=lambda l: l.heads)
+        ex.layer.value = big.short; ex.head.value = big.heads - 1
+        before = ex.renders
+        ex.layer.value = "all"
+        common = min(l.heads for l in ex.trace.layers)
+        assert [v for _, v in ex.head.options] == ["mean"] + list(range(common))
+        assert ex.head.value == (big.heads - 1 if big.heads <= common else "mean") and ex.renders == before + 1
+        assert ex.message.value == ""
         figs = ex.static_figures()
         assert len(figs) == 4 and all(isinstance(f, Figure) for f in figs)
         for f in figs: f.clf()
