@@ -151,6 +151,44 @@ def test_training_lowers_the_training_loss(shots):
     assert after < before, (before, after)
 
 
+def test_few_shot_improves_held_out_ranking_on_the_default_model():
+    """A fixed tiny setting on the shipped model: 32 t2i shots with relation negatives only (few-shot split), 30 steps
+    of LoRA (lr 3e-3, batch 8). On 48 held-out relation examples (validation split) the mean hinge loss must fall by at
+    least 20% (measured: 0.134 -> 0.088 with seed 0 and -> 0.081 with seed 1, i.e. 34-40%); the training loss halves."""
+    from dsd_nb.models import load_pipeline
+    train = scene_ranking_examples("fewshot", 32, seed=0, direction="t2i", kinds=("relation",))
+    held = scene_ranking_examples("val", 48, seed=0, direction="t2i", kinds=("relation",))
+    pipe = load_pipeline()
+    sc = DSDScorer(pipe, seed=0)
+    b_train, b_held = evaluate_ranking(sc, train, n_draws=4), evaluate_ranking(sc, held, n_draws=4)
+    train_prompt(pipe, train, config=PromptConfig(steps=30, batch_size=8, lr=3e-3, seed=0, val_every=10**6, ckpt_every=10**6), progress=False)
+    sc = DSDScorer(pipe, seed=0)
+    a_train, a_held = evaluate_ranking(sc, train, n_draws=4), evaluate_ranking(sc, held, n_draws=4)
+    assert a_train["loss"] < 0.7 * b_train["loss"], (b_train, a_train)
+    assert a_held["loss"] < 0.8 * b_held["loss"], (b_held, a_held)
+
+
+def test_keep_best_selects_restores_and_resumes(tmp_path, shots):
+    cfg = PromptConfig(**{**CFG, "steps": 6, "lr": 0.3, "val_every": 2, "keep_best": True, "ckpt_every": 1})
+    p1 = tiny_pipeline(seed=0)
+    log1 = train_prompt(p1, shots, shots, out=tmp_path / "a", config=cfg, progress=False)
+    vals = log1.dropna(subset=["val_accuracy"])
+    assert vals.step.tolist() == [0, 2, 4, 6]
+    best = max(vals.itertuples(), key=lambda r: (r.val_accuracy, -r.val_loss))
+    assert log1.attrs["selected_step"] == best.step
+    assert json.loads((tmp_path / "a" / "done.json").read_text())["selected_step"] == best.step
+    again = evaluate_ranking(DSDScorer(p1, seed=cfg.seed), shots, cfg.val_draws, cfg.seed)
+    assert abs(again["loss"] - best.val_loss) < 1e-5          # the kept adapter is the one validated at that step
+    # killed after step 3 and resumed: the same selection and the same final adapter
+    train_prompt(tiny_pipeline(seed=0), shots, shots, out=tmp_path / "b", config=cfg, stop_after=3, progress=False)
+    p2 = tiny_pipeline(seed=0)
+    log2 = train_prompt(p2, shots, shots, out=tmp_path / "b", config=cfg, progress=False)
+    assert log2.attrs["selected_step"] == best.step
+    for a, b in zip(lora_parameters(p1.unet), lora_parameters(p2.unet)): assert torch.equal(a, b)
+    with pytest.raises(DSDInputError, match="keep_best needs"):
+        train_prompt(tiny_pipeline(seed=0), shots, config=cfg, progress=False)
+
+
 def test_resume_after_kill_equals_uninterrupted(tmp_path, shots):
     cfg = PromptConfig(**{**CFG, "grad_accum": 2})
     p1 = tiny_pipeline(seed=0)
