@@ -17,6 +17,7 @@ step, then the median of `--steps` timed steps.
     . .venv/bin/activate
     HF_HUB_OFFLINE=1 python bench/bench_train.py --write bench/RESULTS.md        # everything (~15 min on 2 cores)
     HF_HUB_OFFLINE=1 python bench/bench_train.py --models tiny                  # quick
+    HF_HUB_OFFLINE=1 python bench/bench_train.py --models sd21 --precisions no --steps 2   # fp32 only, side by side
 """
 from __future__ import annotations
 import argparse, datetime, json, os, platform, resource, statistics, subprocess, sys, time
@@ -67,6 +68,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="tiny,sd21")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--precisions", default="no,bf16", help="comma-separated accelerate mixed-precision settings to run")
     ap.add_argument("--write", default=None, help="append the table to this markdown file")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--model"); ap.add_argument("--precision"); ap.add_argument("--checkpointing", action="store_true")
@@ -74,7 +76,7 @@ def main():
     if a.child: return child(a.model, a.precision, a.checkpointing, a.steps)
     rows = []
     for model in a.models.split(","):
-        for precision in ("no", "bf16"):
+        for precision in a.precisions.split(","):
             for ckpt in (False, True):
                 cmd = [sys.executable, __file__, "--child", "--model", model, "--precision", precision, "--steps", str(a.steps)] + (["--checkpointing"] if ckpt else [])
                 r = subprocess.run(cmd, capture_output=True, text=True)

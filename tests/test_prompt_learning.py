@@ -174,7 +174,7 @@ def test_keep_best_selects_restores_and_resumes(tmp_path, shots):
     log1 = train_prompt(p1, shots, shots, out=tmp_path / "a", config=cfg, progress=False)
     vals = log1.dropna(subset=["val_accuracy"])
     assert vals.step.tolist() == [0, 2, 4, 6]
-    best = max(vals.itertuples(), key=lambda r: (r.val_accuracy, -r.val_loss))
+    best = max(vals.itertuples(), key=lambda r: (r.val_pairwise, -r.val_loss))
     assert log1.attrs["selected_step"] == best.step
     assert json.loads((tmp_path / "a" / "done.json").read_text())["selected_step"] == best.step
     again = evaluate_ranking(DSDScorer(p1, seed=cfg.seed), shots, cfg.val_draws, cfg.seed)
