@@ -168,6 +168,20 @@ def test_few_shot_improves_held_out_ranking_on_the_default_model():
     assert a_held["loss"] < 0.8 * b_held["loss"], (b_held, a_held)
 
 
+def test_evaluate_ranking_on_the_timestep_grid(pipe):
+    ex = scene_ranking_examples("fewshot", 2, seed=0, direction="both")
+    sc = DSDScorer(pipe, seed=0, steps=3)
+    r = evaluate_ranking(sc, ex, grid=True)
+    # by hand: the scorer's own [N, M] scores, positive first
+    s = [sc.score(e.images[0], e.captions)[0] if e.direction == "i2t" else sc.score(e.images, e.captions[0])[:, 0] for e in ex]
+    assert r["accuracy"] == sum(bool((x[0] > x[1:]).all()) for x in s) / len(s)
+    kinds = {k for e in ex for k in e.kinds}
+    per = {k: [bool(x[0] > x[j + 1]) for e, x in zip(ex, s) for j, kk in enumerate(e.kinds) if kk == k] for k in kinds}
+    assert abs(r["pairwise"] - sum(sum(v) / len(v) for v in per.values()) / len(per)) < 1e-9
+    assert r == evaluate_ranking(sc, ex, grid=True)                  # deterministic
+    with pytest.raises(DSDInputError, match="val_steps"): train_prompt(tiny_pipeline(seed=0), ex, ex, config=PromptConfig(val_steps=0), progress=False)
+
+
 def test_keep_best_selects_restores_and_resumes(tmp_path, shots):
     cfg = PromptConfig(**{**CFG, "steps": 6, "lr": 0.3, "val_every": 2, "keep_best": True, "ckpt_every": 1})
     p1 = tiny_pipeline(seed=0)
