@@ -121,7 +121,9 @@ def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
                     n:int=50, # two-object scenes (their true captions)
                     split:str="test", steps:int=10, # DSD timestep grid (`reference_timesteps`)
                     seed:int=0)->pd.DataFrame: # one row per object word: scene, word, object, share_own, share_other, on_object
-    "Per object word: the share of its cross-attention mass inside its own object's mask and the other's (heads, layers, timesteps averaged)."
+    """Per object word: the share of its cross-attention mass inside its own object's mask and the other's (heads, layers, timesteps averaged).
+    `on_object` compares densities (share / the object's area), so a small object can win with a smaller share. Raises `DSDInputError` for n < 1."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise DSDInputError(f"n must be a positive number of scenes; got {n!r}")
     from dsd_nb.core import reference_timesteps, draw_noise, noise_scheduler, add_noise
     from dsd_nb.attention import AttentionCapture
     from dsd_nb.scene_sd import object_masks, word_owners
