@@ -121,33 +121,26 @@ def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
                     n:int=50, # two-object scenes (their true captions)
                     split:str="test", steps:int=10, # DSD timestep grid (`reference_timesteps`)
                     seed:int=0)->pd.DataFrame: # one row per object word: scene, word, object, share_own, share_other, on_object
-    """Per object word: the share of its cross-attention mass inside its own object's mask and the other's (heads, layers, timesteps averaged).
+    """Per object word: the share of its cross-attention mass inside its own object's mask and the other's (heads, layers, timesteps averaged),
+    read with the DSD scorer's latents and noise bank on its timestep grid.
     `on_object` compares densities (share / the object's area), so a small object can win with a smaller share. Raises `DSDInputError` for n < 1."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise DSDInputError(f"n must be a positive number of scenes; got {n!r}")
-    from dsd_nb.core import reference_timesteps, draw_noise, noise_scheduler, add_noise
     from dsd_nb.attention import AttentionCapture
-    from dsd_nb.scene_sd import object_masks, word_owners
-    from dsd_nb.scoring import encode_captions
-    unet, vae, sched = pipe.unet, pipe.vae, noise_scheduler(pipe.scheduler)
-    size, ts = vae.config.sample_size, reference_timesteps(steps)
+    from dsd_nb.core import add_noise
+    from dsd_nb.scene_sd import object_masks, word_owners, mask_shares
+    from dsd_nb.scoring import DSDScorer
+    sc = DSDScorer(pipe, steps=steps, seed=seed, layers="all_cross")  # the scorer's images, latents and noise bank (epsilon per timestep)
+    K, t, size = len(sc.timesteps), sc.timesteps.to(sc.device), sc.size[0]
     rows = []
     for i, (scene, cap) in enumerate(sample_examples(split, n, seed, p_single=0.0)):
-        x = torch.tensor(np.asarray(render(scene, size)), dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1
-        with torch.no_grad():
-            z = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-            eps = draw_noise((len(ts),) + tuple(z.shape[1:]), seed + i, z.device, z.dtype)
-            ctx = encode_captions(pipe.tokenizer, pipe.text_encoder, [cap.text()]).expand(len(ts), -1, -1)
-            with AttentionCapture(unet, "all_cross", probs=True) as ac:
-                unet(add_noise(sched, z.expand(len(ts), -1, -1, -1), eps, ts.to(z.device)), ts.to(z.device), encoder_hidden_states=ctx)
+        z = sc._latents(*sc.encode_images(render(scene, size)))[:, 0].expand(K, -1, -1, -1)  # [K, C, h, w] VAE-scaled
+        with torch.no_grad(), AttentionCapture(sc.unet, sc.layers, probs=True) as ac:
+            sc.unet(add_noise(sc.sched, z, sc.noise, t).to(sc.dtype), t, encoder_hidden_states=sc.encode_captions([cap.text()]).expand(K, -1, -1))
         masks, owners = object_masks(scene, size), word_owners(cap, pipe.tokenizer)
-        area = masks.flatten(1).mean(1)                                             # [2] share of the image
-        share = 0
-        for P in ac.probs.values():                                                 # [K, heads, Q, T]
-            g = round(math.sqrt(P.shape[2]))
-            m = F.adaptive_avg_pool2d(masks[None], (g, g))[0].flatten(1).to(P)      # [2, Q]
-            a = P.float().mean(1)[:, :, [p for p, _ in owners]]                     # [K, Q, W]
-            share = share + (torch.einsum("kqw,oq->kwo", a, m) / a.sum(1)[..., None].clamp_min(1e-12)).mean(0)  # [W, 2]
-        share = (share / len(ac.probs)).cpu()
+        area = masks.flatten(1).mean(1)                                              # [2] share of the image
+        pos = torch.tensor([p for p, _ in owners]).expand(K, -1)                     # [K, W]
+        share = torch.stack([mask_shares(P.float().mean(1, keepdim=True), pos, masks.expand(K, -1, -1, -1))[:, 0].mean(0)
+                             for P in ac.probs.values()]).mean(0).cpu()               # head-mean maps; timesteps, layers averaged: [W, 2]
         for w, (p, o) in enumerate(owners):
             d = share[w] / area
             rows.append(dict(scene=i, word=cap.text().split()[p - 1], object=o, share_own=float(share[w, o]),
