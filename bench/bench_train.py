@@ -26,12 +26,30 @@ from pathlib import Path
 MARK = "@@RESULT "
 
 
+def timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps:int, sync=lambda: None)->tuple:
+    "Run 1 warm-up + `steps` optimisation steps of the prompt-learning loss; returns (seconds of each timed step, every loss)."
+    import torch
+    from dsd_nb.prompt_learning import ranking_scores, ranking_loss, example_generator
+    from dsd_nb.attention import AttentionCapture
+    times, losses = [], []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        with AttentionCapture(pipe.unet, scorer.layers) as cap:
+            sc = ranking_scores(scorer, ex, [example_generator(0, step, i) for i in range(len(ex))], 1, cap, unet)
+            loss = ranking_loss(sc).mean()
+            acc.backward(loss)
+        acc.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad(set_to_none=True)
+        sync()
+        if step: times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+    return times, losses
+
+
 def child(model:str, precision:str, checkpointing:bool, steps:int):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from dsd_nb.prompt_learning import add_lora, lora_parameters, scene_ranking_examples, ranking_scores, ranking_loss, example_generator
+    from dsd_nb.prompt_learning import add_lora, lora_parameters, scene_ranking_examples
     from dsd_nb.scoring import DSDScorer
-    from dsd_nb.attention import AttentionCapture
     from accelerate import Accelerator
     if model == "tiny":
         from dsd_nb.models import load_pipeline
@@ -48,16 +66,7 @@ def child(model:str, precision:str, checkpointing:bool, steps:int):
     scorer = DSDScorer(pipe, seed=0, chunk_size=64)
     unet, opt = acc.prepare(pipe.unet, opt)
     unet.train()
-    times, losses = [], []
-    for step in range(steps + 1):
-        t0 = time.perf_counter()
-        with AttentionCapture(pipe.unet, scorer.layers) as cap:
-            sc = ranking_scores(scorer, ex, [example_generator(0, step, i) for i in range(len(ex))], 1, cap, unet)
-            loss = ranking_loss(sc).mean()
-            acc.backward(loss)
-        acc.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad(set_to_none=True)
-        if step: times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
+    times, losses = timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     print(MARK + json.dumps(dict(model=model, precision=precision, checkpointing=checkpointing, lora_params=n_params,
                                  rows_per_step=sum(e.n_candidates + 1 for e in ex), step_s=statistics.median(times),

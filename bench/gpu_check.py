@@ -99,9 +99,10 @@ def train(res, resolution=512, steps=3):
     import torch
     from accelerate import Accelerator
     from dsd_nb.models import sd21_shaped_pipeline
-    from dsd_nb.prompt_learning import add_lora, lora_parameters, scene_ranking_examples, ranking_scores, ranking_loss, example_generator
+    from dsd_nb.prompt_learning import add_lora, lora_parameters, scene_ranking_examples
     from dsd_nb.scoring import DSDScorer
-    from dsd_nb.attention import AttentionCapture
+    import sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_train import timed_steps
     ex = scene_ranking_examples("fewshot", 2, direction="i2t", size=resolution)
     pipe = sd21_shaped_pipeline(seed=0, resolution=resolution).to(DEV)
     n_params = add_lora(pipe, "bench")
@@ -115,17 +116,7 @@ def train(res, resolution=512, steps=3):
         unet, opt = acc.prepare(pipe.unet, opt)
         unet.train()
         sync(); reset_peak()
-        times, losses = [], []
-        for step in range(steps + 1):
-            t0 = time.perf_counter()
-            with AttentionCapture(pipe.unet, scorer.layers) as cap:
-                sc = ranking_scores(scorer, ex, [example_generator(0, step, i) for i in range(len(ex))], 1, cap, unet)
-                loss = ranking_loss(sc).mean()
-                acc.backward(loss)
-            acc.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad(set_to_none=True)
-            sync()
-            if step: times.append(time.perf_counter() - t0)
-            losses.append(loss.item())
+        times, losses = timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps, sync)
         rows.append(dict(checkpointing=ckpt, s_per_step=sorted(times)[len(times) // 2], gpu_peak_gib=peak_gib(),
                          losses=losses))
     res.update(resolution=resolution, lora_params=n_params, rows_per_step=sum(e.n_candidates + 1 for e in ex), precision="bf16", rows=rows)
