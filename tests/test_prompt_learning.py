@@ -353,7 +353,7 @@ def test_dsd_train_command(tmp_path):
     assert cfg["steps"] == 2 and cfg["rank"] == 4 and cfg["margin"] == 0.1 and cfg["lr"] == 1e-3
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "finished run" in again.stderr and "Traceback" not in again.stderr
-    for bad, msg in ((["--shots", "0"], "shots"), (["--loss", "mse"], "hinge"), (["--lora_layers", "self"], "'all' or 'cross'"),
+    for bad, msg in ((["--shots", "0"], "shots"), (["--loss", "mse"], "hinge"), (["--lora_layers", "self"], "lora_layers must be one of all, cross"),
                      (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], ""),
                      (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
