@@ -18,6 +18,8 @@ CONFIGS = {
     "diffusion_itm": dict(mode="diffusion_itm"),
     "diffusion_itm_normalized": dict(mode="diffusion_itm", itm_normalize=True),
     "latent_sample": dict(mode="dsd", latent="sample"),
+    "token_mask_real": dict(mode="dsd", token_mask="real"),
+    "token_mask_words": dict(mode="attention", token_mask="words"),
 }
 
 
@@ -305,3 +307,28 @@ def test_scorer_converts_v_prediction_to_epsilon(pipe, images, captions):
             err_raw.append((noise[k:k + 1] - v).norm())
     _close(r.error[0, 0], torch.stack(err_v), 1e-4)
     assert (r.error[0, 0] - torch.stack(err_raw)).abs().max() > 1e-3, "the prediction was not converted"
+
+
+# ----------------------------------------------------------------------------- which tokens the attention term counts
+
+@pytest.mark.parametrize("token_mask", ["real", "words"])
+def test_token_mask_restricts_the_log_sum_exp(pipe, token_mask):
+    """LSE over a subset S of the tokens = LSE over all + log(sum of the softmax probabilities over S): checked per layer
+    against a capture of the unmasked probabilities of the same UNet row; the denoising error does not change."""
+    from dsd_nb.attention import AttentionCapture
+    sc_all, sc_m = DSDScorer(pipe, steps=3, seed=0), DSDScorer(pipe, steps=3, seed=0, token_mask=token_mask)
+    caps = ["a red square", ""]
+    mask = sc_m.token_masks(caps)
+    n = len(pipe.tokenizer(caps[0]).input_ids)
+    assert mask[0].sum() == (n if token_mask == "real" else n - 2) and mask[1].sum() == 2 and mask[:, n:].sum() == 0
+    z = torch.randn((2,) + sc_all.latent_shape, generator=torch.Generator().manual_seed(0))
+    eps, t, ctx = sc_all.noise[:2], sc_all.timesteps[:2], torch.cat([sc_all.encode_captions(caps[:1]), sc_all.uncond_embedding()])
+    with torch.no_grad(), AttentionCapture(pipe.unet, sc_all.layers, probs=True) as cap:
+        a_all, q_all = sc_all.forward_rows(cap, z, eps, t, ctx)
+        lse, probs = dict(cap.lse), dict(cap.probs)
+        a_m, q_m = sc_m.forward_rows(cap, z, eps, t, ctx, key_mask=mask)
+    expected = torch.stack([(lse[l.name] + (probs[l.name] * mask[:, None, None, :]).sum(-1).log()).mean((1, 2)) for l in sc_all.layers], 1)
+    _close(a_m, expected, atol=1e-4)
+    _close(q_m, q_all)
+    assert (a_m < a_all).all()
+    with pytest.raises(DSDInputError, match="token_mask must be one of"): DSDScorer(pipe, token_mask="padding")
