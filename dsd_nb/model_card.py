@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_model_card.ipynb #0545a4ef
 from __future__ import annotations
-import json, math, os, shutil, tempfile
+import json, math, numbers, os, shutil, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -125,7 +125,8 @@ def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
     """Per object word: the share of its cross-attention mass inside its own object's mask and the other's (heads, layers, timesteps averaged),
     read with the DSD scorer's latents and noise bank on its timestep grid.
     `on_object` compares densities (share / the object's area), so a small object can win with a smaller share. Raises `DSDInputError` for n < 1."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise DSDInputError(f"n must be a positive number of scenes; got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise DSDInputError(f"n must be a positive whole number of scenes; got {n!r}")
+    n = int(n)
     from dsd_nb.attention import AttentionCapture
     from dsd_nb.core import add_noise
     from dsd_nb.scene_sd import object_masks, word_owners, mask_shares
@@ -244,7 +245,8 @@ def model_card_markdown(recipe:dict, metrics:dict, params:dict, size_mb:float, n
                         "which tells right from wrong captions no better than chance in this model, before or after "
                         "grounding) then varies more from caption to caption and drowns part of the denoising gain: "
                         "compare the `dsd` and `diffusion_itm` (denoising only) columns above with `scene-sd`'s card. "
-                        "For matching, use `scene-sd`; for reading attention maps, this one."]
+                        "It is not worse everywhere (compare kind by kind: grounding can help relations and attribute binding), "
+                        "but for telling a wrong subject or object, the easy kinds, use `scene-sd`; for reading attention maps, this one."]
     return "\n".join(lines)
 
 def write_model_card(dest, # the model folder (has `recipe.json`)

@@ -99,3 +99,27 @@ def test_grounded_model_words_land_on_their_objects(scene_pipe):
     assert len(g) == len(b) >= 30
     assert g.on_object.mean() >= 0.75 and g.share_own.mean() > 2 * g.share_other.mean(), g.groupby("word").on_object.mean()
     assert b.on_object.mean() < g.on_object.mean() - 0.2
+
+
+def test_mask_shares_refuses_bad_shapes_with_clear_errors():
+    from dsd_nb.scene_sd import mask_shares
+    from dsd_nb.core import DSDInputError
+    P, pos, masks = torch.rand(2, 1, 16, 77).softmax(-1), torch.tensor([[1, 2], [3, 4]]), torch.rand(2, 2, 8, 8)
+    assert mask_shares(P, pos, masks).shape == (2, 1, 2, 2)
+    for args, msg in (((P, pos, masks[:1]), "same batch size"), ((P, pos[:1], masks), "same batch size"),
+                      ((P, pos + 75, masks), "token positions in 0..76"), ((P, pos - 2, masks), "token positions"),
+                      ((P, pos.float(), masks), "integer token positions"), ((P, pos, masks[:, 0]), "masks [B, n_objects, H, W]"),
+                      ((P[:, 0], pos, masks), "P [B, heads, Q, T]"), ((P, pos[0], masks), "pos [B, W]"),
+                      ((P, pos, torch.rand(2, 2, 8, 4)), "cannot lay 16 query pixels")):
+        with pytest.raises(DSDInputError, match=msg.replace("[", r"\[").replace("]", r"\]")): mask_shares(*args)
+
+
+def test_scene_sd_resume_must_match_its_settings(tmp_path):
+    from dsd_nb.scene_sd import train_scene_sd
+    from dsd_nb.core import DSDInputError
+    kw = dict(seed=0, vae_steps=1, unet_steps=1, pool_size=8, vae_batch=2, unet_batch=2, progress=False)
+    assert train_scene_sd(tmp_path, **kw) is not None
+    with pytest.raises(DSDInputError, match="vae_batch: 2 there, 4 now"): train_scene_sd(tmp_path, **{**kw, "vae_batch": 4})
+    assert train_scene_sd(tmp_path, **{**kw, "ground_steps": 1, "ground_batch": 2}) is not None  # stage 3 may be added later
+    with pytest.raises(DSDInputError, match="ground_batch: 2 there, 4 now"): train_scene_sd(tmp_path, **{**kw, "ground_steps": 1, "ground_batch": 4})
+    with pytest.raises(DSDInputError, match="device 'nonsense'"): train_scene_sd(tmp_path / "x", device="nonsense", **kw)
