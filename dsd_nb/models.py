@@ -9,7 +9,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 import torch
 from transformers import CLIPTokenizer, CLIPTextConfig, CLIPTextModel
-from diffusers import AutoencoderKL, UNet2DConditionModel, PNDMScheduler, StableDiffusionPipeline
+import logging as _logging
+_tl = _logging.getLogger("transformers.utils.import_utils"); _tl_level = _tl.level
+_tl.setLevel(_logging.ERROR)  # hide transformers' note that torchvision is absent (its PIL image processors are used; we process no images with them)
+try: from diffusers import AutoencoderKL, UNet2DConditionModel, PNDMScheduler, StableDiffusionPipeline
+finally: _tl.setLevel(_tl_level)
 from .core import DSDInputError, resolve_device, resolve_dtype
 
 # %% auto #0
@@ -148,7 +152,7 @@ def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        with _quiet_loading(): pipe.save_pretrained(tmp, safe_serialization=True)  # no shard-writing progress bar
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old.{os.getpid()}"); folder.rename(old); tmp.rename(folder); shutil.rmtree(old)
         else: tmp.rename(folder)
