@@ -26,7 +26,7 @@ from pathlib import Path
 MARK = "@@RESULT "
 
 
-def timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps:int, sync=lambda: None)->tuple:
+def timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps:int, sync=lambda: None, cache=None)->tuple:
     "Run 1 warm-up + `steps` optimisation steps of the prompt-learning loss; returns (seconds of each timed step, every loss)."
     import torch
     from dsd_nb.prompt_learning import ranking_scores, ranking_loss, example_generator
@@ -35,7 +35,7 @@ def timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps:int, sync=lambda
     for step in range(steps + 1):
         t0 = time.perf_counter()
         with AttentionCapture(pipe.unet, scorer.layers) as cap:
-            sc = ranking_scores(scorer, ex, [example_generator(0, step, i) for i in range(len(ex))], 1, cap, unet)
+            sc = ranking_scores(scorer, ex, [example_generator(0, step, i) for i in range(len(ex))], 1, cap, unet, cache=cache)
             loss = ranking_loss(sc).mean()
             acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad(set_to_none=True)
@@ -45,7 +45,7 @@ def timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps:int, sync=lambda
     return times, losses
 
 
-def child(model:str, precision:str, checkpointing:bool, steps:int):
+def child(model:str, precision:str, checkpointing:bool, steps:int, cache:bool=True):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from dsd_nb.prompt_learning import add_lora, lora_parameters, scene_ranking_examples
@@ -66,9 +66,9 @@ def child(model:str, precision:str, checkpointing:bool, steps:int):
     scorer = DSDScorer(pipe, seed=0, chunk_size=64)
     unet, opt = acc.prepare(pipe.unet, opt)
     unet.train()
-    times, losses = timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps)
+    times, losses = timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps, cache={} if cache else None)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    print(MARK + json.dumps(dict(model=model, precision=precision, checkpointing=checkpointing, lora_params=n_params,
+    print(MARK + json.dumps(dict(model=model, precision=precision, checkpointing=checkpointing, cache=cache, lora_params=n_params,
                                  rows_per_step=sum(e.n_candidates + 1 for e in ex), step_s=statistics.median(times),
                                  steps=len(times), peak_rss_gib=round(peak, 2), loss_first=losses[0])), flush=True)
 
@@ -81,13 +81,16 @@ def main():
     ap.add_argument("--write", default=None, help="append the table to this markdown file")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--model"); ap.add_argument("--precision"); ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--no_cache", action="store_true", help="re-encode images and captions every step (as before the latent cache)")
+    ap.add_argument("--caches", default="yes", help="comma-separated: yes (the training loop's latent cache), no")
+    ap.add_argument("--ckpts", default="no,yes", help="comma-separated gradient-checkpointing settings to run: no, yes")
     a = ap.parse_args()
-    if a.child: return child(a.model, a.precision, a.checkpointing, a.steps)
+    if a.child: return child(a.model, a.precision, a.checkpointing, a.steps, cache=not a.no_cache)
     rows = []
     for model in a.models.split(","):
         for precision in a.precisions.split(","):
-            for ckpt in (False, True):
-                cmd = [sys.executable, __file__, "--child", "--model", model, "--precision", precision, "--steps", str(a.steps)] + (["--checkpointing"] if ckpt else [])
+            for ckpt, cache in [(k == "yes", c == "yes") for k in a.ckpts.split(",") for c in a.caches.split(",")]:
+                cmd = [sys.executable, __file__, "--child", "--model", model, "--precision", precision, "--steps", str(a.steps)] + (["--checkpointing"] if ckpt else []) + ([] if cache else ["--no_cache"])
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 line = [l for l in r.stdout.splitlines() if l.startswith(MARK)]
                 if not line: print(r.stderr[-2000:], file=sys.stderr); continue
@@ -97,8 +100,8 @@ def main():
             f"torch {torch.__version__}, diffusers {diffusers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__})\n\n"
             "2 i2t examples x 6 captions, 14 UNet rows per step (with the empty caption), LoRA rank 4 on all attention layers, "
             f"median of {a.steps} steps after 1 warm-up; fp32 weights, `precision` = accelerate mixed precision.\n\n"
-            "| model | precision | grad. checkpointing | LoRA params | s / step | peak RSS GiB |\n|---|---|---|---|---|---|\n")
-    table = head + "".join(f"| {r['model']} | {r['precision']} | {'yes' if r['checkpointing'] else 'no'} | {r['lora_params']:,} | "
+            "| model | precision | grad. checkpointing | latent cache | LoRA params | s / step | peak RSS GiB |\n|---|---|---|---|---|---|---|\n")
+    table = head + "".join(f"| {r['model']} | {r['precision']} | {'yes' if r['checkpointing'] else 'no'} | {'yes' if r.get('cache', True) else 'no'} | {r['lora_params']:,} | "
                            f"{r['step_s']:.3f} | {r['peak_rss_gib']:.2f} |\n" for r in rows)
     print(table)
     if a.write:
