@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--draws", type=int, default=2); ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--layers", default="all"); ap.add_argument("--val_every", type=int, default=30)
     ap.add_argument("--margin", type=float, default=0.1)
+    ap.add_argument("--model", default="scene-sd", help="built-in model (the GPU search of 13 ran on scene-sd-stage2, then the default)")
     ap.add_argument("--no_keep_best", action="store_true")
     ap.add_argument("--device", default="cpu"); ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--n_val", type=int, default=50); ap.add_argument("--n_test", type=int, default=60); ap.add_argument("--n_cg", type=int, default=30)
@@ -34,7 +35,7 @@ def main():
     from dsd_nb.prompt_learning import scene_ranking_examples, few_shot, train_prompt, PromptConfig
     from dsd_nb.evaluate import scene_matching, accuracy_table
     t0 = time.time()
-    pipe = load_pipeline("scene-sd", device=a.device, dtype="fp32")
+    pipe = load_pipeline(a.model, device=a.device, dtype="fp32")
     res = dict(vars(a)); res.pop("out")
     if a.k:
         pool = scene_ranking_examples("fewshot", 512, seed=0, direction="both")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Stage-3 grounding settings, each measured on what the default model is for (an experiment, not a benchmark).
 
-Starts from the shipped `scene-sd` (the stage-2 model), runs stage 3 of the recipe (`train_denoiser` with
+Starts from the shipped `scene-sd-stage2` (the recipe's stage-2 model), runs stage 3 of the recipe (`train_denoiser` with
 `ground_weight > 0`, `07_scene_sd`) with one setting, and measures the result the way the model card does:
 
   grounding  : `grounding_check` on 50 test scenes (share of each object word's attention inside its object)
@@ -44,7 +44,7 @@ def main():
     from dsd_nb.evaluate import scene_matching, accuracy_table
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pipe = load_pipeline("scene-sd", device=a.device, dtype="fp32")
+    pipe = load_pipeline("scene-sd-stage2", device=a.device, dtype="fp32")
     res = dict(name=a.name, steps=a.steps, weight=a.weight, lr=a.lr, batch=a.batch, text_encoder=not a.frozen_text_encoder,
                device=a.device, torch=torch.__version__)
     if a.steps:

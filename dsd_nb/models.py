@@ -180,9 +180,9 @@ def _quiet_loading(quiet=True):
 # %% ../nbs/02_models.ipynb #77167595
 BUILTIN_MODELS = {
     "scene-sd": dict(package_path="assets/scene-sd",
-                     about="tiny Stable Diffusion trained on the scene world (64 px; the default; see its model card)"),
-    "scene-sd-grounded": dict(package_path="assets/scene-sd-grounded",
-                              about="scene-sd after stage-3 grounding: its word maps land on their objects (for seeing attention; see its model card)"),
+                     about="tiny Stable Diffusion trained on the scene world, word maps grounded (64 px; the default; see its model card)"),
+    "scene-sd-stage2": dict(package_path="assets/scene-sd-stage2",
+                            about="scene-sd's recipe without stage 3: matches as well, but its word maps do not localise (see its model card)"),
     "tiny-random": dict(builder=tiny_pipeline, kwargs=dict(seed=0), version=2, # bump when the builder changes
                         about="tiny Stable Diffusion with random weights (tests; its scores mean nothing)")}
 DEFAULT_MODEL = "scene-sd"
