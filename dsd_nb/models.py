@@ -224,6 +224,8 @@ def _offline()->bool:
 def resolve_model(name_or_path:str|None=None # built-in name, local folder, or hub id; None means `DEFAULT_MODEL`
                  )->tuple: # (source for from_pretrained, local_files_only)
     "Decide where a model comes from, failing fast (no network hang) when it is not available."
+    if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
+        raise DSDInputError(f"the model must be a name, folder or hub id (a string or path); got {type(name_or_path).__name__} {name_or_path!r}")
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
     if not name.strip(): raise DSDInputError(f"the model name is empty: pass a built-in name ({', '.join(BUILTIN_MODELS)}), a folder or a hub id")
     if name in BUILTIN_MODELS: return str(builtin_model_path(name)), True

@@ -330,7 +330,7 @@ def train_scene_sd(out, # output folder
     for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items():
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
     if ground_steps and ground_weight == 0:
-        raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps=0")
+        raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
     dev = resolve_device(device)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     settings = dict(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch,
