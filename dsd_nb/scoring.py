@@ -22,7 +22,8 @@ class CaptionTruncatedWarning(UserWarning):
     "A caption was longer than the text encoder's context and was truncated."
 
 def encode_captions(tokenizer, text_encoder, # the pipeline's CLIP tokenizer and text encoder
-                    captions:list # list of str (validated by `check_captions` unless it is the empty unconditional caption)
+                    captions:list, # list of str (validated by `check_captions` unless it is the empty unconditional caption)
+                    grad:bool=False # keep the autograd graph (to train a soft prompt in the text encoder)
                    )->torch.Tensor: # [M, L, D] text embeddings, L = tokenizer.model_max_length tokens
     "Encode captions to [M, L, D] hidden states (padding to the full context; truncation with a warning naming the dropped token count)."
     L = tokenizer.model_max_length
@@ -34,7 +35,7 @@ def encode_captions(tokenizer, text_encoder, # the pipeline's CLIP tokenizer and
     enc = tokenizer(list(captions), padding="max_length", max_length=L, truncation=True, return_tensors="pt")
     dev = text_encoder.device
     mask = enc.attention_mask.to(dev) if getattr(text_encoder.config, "use_attention_mask", False) else None
-    with torch.no_grad(): return text_encoder(enc.input_ids.to(dev), attention_mask=mask)[0]
+    with torch.set_grad_enabled(grad): return text_encoder(enc.input_ids.to(dev), attention_mask=mask)[0]
 
 # %% ../nbs/04_scoring.ipynb #b83a18e5
 @dataclass

@@ -13,7 +13,9 @@ from dsd_nb.scoring import DSDScorer
 from dsd_nb.prompt_learning import (RankingExample, scene_ranking_examples, few_shot, lora_config, add_lora, lora_parameters,
                                     use_adapter, example_generator, ranking_scores, ranking_loss, save_adapter,
                                     reference_lora_shapes, read_reference_lora, load_reference_lora, PromptConfig,
-                                    train_prompt, batch_indices, evaluate_ranking)
+                                    train_prompt, batch_indices, evaluate_ranking, add_soft_prompt, soft_prompt,
+                                    remove_soft_prompt, save_soft_prompt, load_soft_prompt)
+from dsd_nb.scoring import encode_captions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -359,6 +361,91 @@ def test_dsd_train_command(tmp_path):
                      (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
+
+
+def test_dsd_train_soft_prompt_and_val_seeds(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "4", "--steps", "2",
+            "--batch_size", "2", "--val_n", "2", "--val_every", "2", "--lr", "0.05", "--method", "soft_prompt", "--soft_tokens", "3",
+            "--val_steps", "2", "--val_seeds", "5,6", "--keep_best"]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    assert (run / "soft_prompt.safetensors").exists() and not (run / "adapter").exists()
+    assert load_file(run / "soft_prompt.safetensors")["soft_prompt"].shape == (3, 32)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"] == "soft_prompt" and cfg["val_seeds"] == [5, 6] and cfg["val_steps"] == 2
+    for bad, msg in ((["--method", "prefix"], "method must be one of lora, soft_prompt"), (["--soft_tokens", "0"], "soft_tokens must be a positive integer"),
+                     (["--val_seeds", "1,x"], "--val_seeds must be comma-separated integers"), (["--val_seeds", "1,1"], "repeats a seed")):
+        r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
+
+
+# ----------------------------------------------------------------------------- soft prompts
+
+def test_soft_prompt_starts_as_a_no_op_and_changes_only_after_the_end_token():
+    p = tiny_pipeline(seed=0)
+    caps = ["a red circle", "a green star above a blue square"]
+    E0 = encode_captions(p.tokenizer, p.text_encoder, caps)
+    P = add_soft_prompt(p, 5)
+    assert torch.equal(encode_captions(p.tokenizer, p.text_encoder, caps), E0)
+    with torch.no_grad(): P.add_(torch.randn(P.shape, generator=torch.Generator().manual_seed(3)))
+    E1 = encode_captions(p.tokenizer, p.text_encoder, caps)
+    for i, c in enumerate(caps):
+        n = len(p.tokenizer(c).input_ids)
+        assert torch.equal(E1[i, :n], E0[i, :n])                      # causal: the caption itself is untouched
+        assert (E1[i, n:n + 5] - E0[i, n:n + 5]).abs().amax(-1).min() > 1e-4   # each soft position changed
+    assert not torch.equal(E1, E0)
+    remove_soft_prompt(p)
+    assert torch.equal(encode_captions(p.tokenizer, p.text_encoder, caps), E0) and soft_prompt(p) is None
+
+
+def test_soft_prompt_training_resumes_and_selects_like_lora(tmp_path, shots):
+    cfg = PromptConfig(**{**CFG, "method": "soft_prompt", "soft_tokens": 4, "lr": 0.5, "steps": 6, "val_every": 2, "keep_best": True, "ckpt_every": 1})
+    p1 = tiny_pipeline(seed=0)
+    log1 = train_prompt(p1, shots, shots, out=tmp_path / "a", config=cfg, progress=False)
+    assert not getattr(p1.unet, "peft_config", {})                   # no LoRA: only the soft prompt trained
+    vals = log1.dropna(subset=["val_accuracy"])
+    best = max(vals.itertuples(), key=lambda r: (r.val_pairwise, -r.val_loss))
+    assert log1.attrs["selected_step"] == best.step
+    again = evaluate_ranking(DSDScorer(p1, seed=cfg.seed), shots, cfg.val_draws, cfg.seed)
+    assert abs(again["loss"] - best.val_loss) < 1e-5                  # the kept prompt is the one validated at that step
+    train_prompt(tiny_pipeline(seed=0), shots, shots, out=tmp_path / "b", config=cfg, stop_after=3, progress=False)
+    p2 = tiny_pipeline(seed=0)
+    log2 = train_prompt(p2, shots, shots, out=tmp_path / "b", config=cfg, progress=False)
+    assert torch.equal(soft_prompt(p1), soft_prompt(p2)) and log1.loss.iloc[1:].tolist() == log2.loss.iloc[1:].tolist()  # row 0: step-0 validation
+    p3 = tiny_pipeline(seed=0)
+    load_soft_prompt(p3, tmp_path / "a" / "soft_prompt.safetensors")
+    im, cs = shots[1].images, shots[1].captions
+    assert torch.allclose(DSDScorer(p3, steps=2).score(im, cs), DSDScorer(p1, steps=2).score(im, cs), atol=1e-6)
+
+
+def test_soft_prompt_file_errors(tmp_path):
+    from safetensors.torch import save_file
+    p = tiny_pipeline(seed=0)
+    with pytest.raises(DSDInputError, match="no soft prompt to save"): save_soft_prompt(p, tmp_path / "x.safetensors")
+    save_file({"soft_prompt": torch.zeros(2, 7)}, tmp_path / "wide.safetensors")
+    with pytest.raises(DSDInputError, match="7-wide vectors but this text encoder embeds in 32"): load_soft_prompt(p, tmp_path / "wide.safetensors")
+    save_file({"emb": torch.zeros(2, 32)}, tmp_path / "other.safetensors")
+    with pytest.raises(DSDInputError, match="not a dsd_nb soft prompt"): load_soft_prompt(p, tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(DSDInputError, match="not a safetensors file"): load_soft_prompt(p, tmp_path / "junk.safetensors")
+    with pytest.raises(DSDInputError, match="n_tokens must be an integer in 1..75"): add_soft_prompt(p, 76)
+    assert soft_prompt(p) is None                                     # refused calls attach nothing
+    add_soft_prompt(p, 2)
+    with pytest.raises(DSDInputError, match="already has a soft prompt"):
+        train_prompt(p, scene_ranking_examples("fewshot", 2, direction="i2t"), config=PromptConfig(method="soft_prompt", steps=1, batch_size=2), progress=False)
+
+
+def test_val_seeds_average_fixed_noise_banks(shots):
+    cfg = dict(steps=2, batch_size=2, lr=1e-3, val_every=2, val_steps=2, n_draws=1, val_seeds=[3, 4], keep_best=True)
+    rows = [train_prompt(tiny_pipeline(seed=0), shots, shots, config=PromptConfig(seed=s, **cfg), progress=False).iloc[0] for s in (0, 1)]
+    base = tiny_pipeline(seed=0)
+    per_bank = [evaluate_ranking(DSDScorer(base, seed=b, steps=2), shots, grid=True) for b in (3, 4)]
+    assert rows[0].step == 0 and abs(rows[0].val_loss - sum(v["loss"] for v in per_bank) / 2) < 1e-6
+    assert rows[0].val_loss == rows[1].val_loss                       # step 0 no longer depends on the training seed
+    assert per_bank[0]["loss"] != per_bank[1]["loss"]                 # (the banks do differ)
+    with pytest.raises(DSDInputError, match="non-empty list of seeds"): PromptConfig(val_seeds=[])
 
 
 def test_comvg_examples(tmp_path):
