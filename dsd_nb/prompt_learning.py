@@ -521,6 +521,8 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     if not train: raise DSDInputError("train needs at least one example")
     if c.mixed_precision == "fp16" and pipe.device.type == "cpu": raise DSDInputError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     if c.keep_best and not val: raise DSDInputError("keep_best needs validation examples (val) to choose the best adapter")
+    if c.method == "soft_prompt" and soft_prompt(pipe) is not None:
+        raise DSDInputError("the pipeline already has a soft prompt: remove_soft_prompt(pipe) or load a fresh pipeline")
     settings = {**asdict(c), "run": run_info or {}}
     out = Path(out) if out is not None else None
     if out is not None:
@@ -542,7 +544,6 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if c.method == "soft_prompt":
         if acc.num_processes > 1: raise DSDInputError("soft prompts train in one process: run without `accelerate launch` (or use method 'lora')")
-        if soft_prompt(pipe) is not None: raise DSDInputError("the pipeline already has a soft prompt: remove_soft_prompt(pipe) or load a fresh pipeline")
         add_soft_prompt(pipe, c.soft_tokens)
     else: add_lora(pipe, name, c.rank, c.alpha, c.lora_layers, seed=c.seed)
     if c.gradient_checkpointing: pipe.unet.enable_gradient_checkpointing()

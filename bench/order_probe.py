@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Can a few shots teach the default model word order? Two probes behind `13_few_shot_experiment`'s finding.
+
+`timesteps`: the unchanged model's accuracy on text-to-image order and relation negatives of 100 validation
+scenes, per timestep of the 10-step DSD grid and per score term (the total, the attention log-sum-exp term,
+the denoising gain, the conditional error alone), with two noise (epsilon) banks.
+
+`learn`: train a LoRA (all attention layers, rank 4, AdamW, grad clip 1.0) on 128 shots with our own short loop,
+and every `--eval` steps report the accuracy per kind on 48 of the shots themselves and on the 100 validation
+scenes (order and relation, t2i), each on the 10-step grid with fixed noise banks (100 and 101, not the shots'
+training draws). `--kinds order --direction t2i` trains on order negatives only; `--t0 500` draws training
+timesteps from 500..999 only (where layout is decided); `--mirror` adds each shot mirrored left-right with
+"left" and "right" swapped in its captions (256 examples from 128 scenes).
+
+    HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --mirror --tag C
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 240 --batch 8 --eval 60 --mirror --direction both \\
+        --kinds subject,object,relation,attribute_swap,order --tag D
+
+Results: bench/RESULTS.md, "Can few shots teach word order?".
+"""
+from __future__ import annotations
+import argparse, re, time
+
+
+def timesteps(pipe, n:int):
+    import torch
+    from dsd_nb.scoring import DSDScorer
+    from dsd_nb.prompt_learning import scene_ranking_examples
+    ex = scene_ranking_examples("val", n, seed=0, direction="t2i", kinds=("order", "relation"))
+    terms = {"total": lambda r: r.per_timestep[:, 0], "attention": lambda r: r.attention[:, 0].mean(-1),
+             "gain": lambda r: r.error_uncond - r.error[:, 0], "-error": lambda r: -r.error[:, 0]}
+    for bank in (0, 1):
+        sc = DSDScorer(pipe, steps=10, seed=bank)
+        res = [(sc.score(e.images, e.captions[0], details=True), e.kinds) for e in ex]
+        for kind in ("order", "relation"):
+            pairs = [(r, j + 1) for r, kinds in res for j, k in enumerate(kinds) if k == kind]
+            print(f"bank {bank}, t2i {kind} ({len(pairs)} scenes), timesteps {sc.timesteps.tolist()}")
+            for name, f in terms.items():
+                per_t = torch.stack([(f(r)[0] > f(r)[j]).float() for r, j in pairs]).mean(0)
+                mean = sum(float(f(r)[0].mean() > f(r)[j].mean()) for r, j in pairs) / len(pairs)
+                print(f"  {name:9s} over the grid {mean:.3f}; per timestep", [round(x, 2) for x in per_t.tolist()], flush=True)
+
+
+def learn(pipe, a):
+    import torch, PIL.ImageOps
+    from dsd_nb.scoring import DSDScorer
+    from dsd_nb.attention import AttentionCapture
+    from dsd_nb.prompt_learning import (RankingExample, scene_ranking_examples, few_shot, add_lora, lora_parameters, ranking_scores,
+                                        ranking_loss, example_generator, batch_indices, evaluate_ranking)
+    pool = scene_ranking_examples("fewshot", 512, seed=0, direction=a.direction, kinds=tuple(a.kinds.split(",")))
+    train = few_shot(pool, 128, a.seed)
+    if a.mirror:
+        swap = lambda c: re.sub(r"\b(left|right)\b", lambda m: "right" if m[1] == "left" else "left", c)
+        train = train + [RankingExample([PIL.ImageOps.mirror(im) for im in e.images], [swap(c) for c in e.captions], e.kinds) for e in train]
+    val = scene_ranking_examples("val", 100, seed=0, direction="t2i", kinds=("order", "relation"))
+    add_lora(pipe, "default", 4, None, "all", seed=a.seed)
+    params = lora_parameters(pipe.unet)
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
+    sc = DSDScorer(pipe, seed=a.seed, chunk_size=64)
+    banks = [DSDScorer(pipe, seed=s, steps=10, chunk_size=64) for s in (100, 101)]
+    cache = {}
+    acc = lambda v: {k[4:]: round(x, 3) for k, x in v.items() if k.startswith("acc_")}
+    def report(step):
+        pipe.unet.eval()
+        print(a.tag, step, "shots", acc(evaluate_ranking(banks[0], train[:48], grid=True)),
+              "val", [acc(evaluate_ranking(b, val, grid=True)) for b in banks], flush=True)
+    report(0)
+    t0 = time.time()
+    for step in range(a.steps):
+        pipe.unet.train()
+        ex = [train[i] for i in batch_indices(len(train), a.batch, step, a.seed)]
+        with AttentionCapture(pipe.unet, sc.layers) as cap:
+            s = ranking_scores(sc, ex, [example_generator(a.seed, step, j) for j in range(len(ex))], a.draws, cap, t_range=(a.t0, 999), cache=cache)
+            loss = ranking_loss(s, a.loss).mean()
+        opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        if step % 20 == 0: print(a.tag, step, "loss", round(loss.item(), 4), f"{time.time() - t0:.0f} s", flush=True)
+        if (step + 1) % a.eval == 0: report(step + 1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("probe", choices=("timesteps", "learn"))
+    ap.add_argument("--model", default="scene-sd"); ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--kinds", default="order"); ap.add_argument("--direction", default="t2i")
+    ap.add_argument("--steps", type=int, default=300); ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--draws", type=int, default=2); ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--loss", default="ce"); ap.add_argument("--t0", type=int, default=0)
+    ap.add_argument("--mirror", action="store_true"); ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval", type=int, default=100); ap.add_argument("--tag", default="")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    import torch
+    if a.threads: torch.set_num_threads(a.threads)
+    from dsd_nb.models import load_pipeline
+    pipe = load_pipeline(a.model)
+    timesteps(pipe, a.n) if a.probe == "timesteps" else learn(pipe, a)
+
+
+if __name__ == "__main__":
+    main()
