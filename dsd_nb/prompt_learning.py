@@ -144,6 +144,7 @@ def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text
                     init=None # [n, D] initial vectors; None: the padding token's embedding (a no-op until trained)
                    )->torch.nn.Parameter: # the [n, D] fp32 parameter to train
     "Attach a soft prompt of `n_tokens` learnable vectors after each caption's end token; freezes the pipeline's weights."
+    if not all(hasattr(pipe, a) for a in ("text_encoder", "tokenizer")): raise DSDInputError(f"add_soft_prompt needs a Stable Diffusion pipeline (see `load_pipeline`); got {type(pipe).__name__}")
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or not 1 <= n_tokens <= pipe.tokenizer.model_max_length - 2:
         raise DSDInputError(f"n_tokens must be an integer in 1..{pipe.tokenizer.model_max_length - 2}; got {n_tokens!r}")
     emb = _embedding(pipe)
@@ -151,9 +152,11 @@ def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text
     for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
     D = emb.weight.shape[1]
     if init is None: init = emb.weight.detach()[pipe.tokenizer.pad_token_id].float().cpu().repeat(n_tokens, 1)
-    init = torch.as_tensor(init, dtype=torch.float32)
+    try: init = torch.as_tensor(init, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e: raise DSDInputError(f"init must be a [n_tokens, D] tensor of numbers; got {type(init).__name__}") from None
     if tuple(init.shape) != (n_tokens, D):
         raise DSDInputError(f"a soft prompt for this text encoder is [n_tokens, {D}] = [{n_tokens}, {D}]; got {list(init.shape)}")
+    if not torch.isfinite(init).all(): raise DSDInputError("the soft prompt's initial vectors hold NaN or infinite values")
     emb.register_parameter(SOFT_PROMPT_KEY, torch.nn.Parameter(init.clone().to(emb.weight.device), requires_grad=True))
     emb._dsd_soft_hook = emb.register_forward_hook(_soft_hook(pipe.tokenizer.eos_token_id))
     return soft_prompt(pipe)
@@ -171,7 +174,10 @@ def save_soft_prompt(pipe, path)->Path:
     from safetensors.torch import save_file
     P = soft_prompt(pipe)
     if P is None: raise DSDInputError("no soft prompt to save: add_soft_prompt(pipe) or train one first")
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(path, (str, os.PathLike)): raise DSDInputError(f"path must be a file path (str or Path); got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir(): raise DSDInputError(f"{path} is a folder: give a file path such as {path / 'soft_prompt.safetensors'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     save_file({"soft_prompt": P.detach().float().cpu().contiguous()}, tmp, metadata={"format": "dsd_nb soft prompt", "position": "after end-of-text token"})
     os.replace(tmp, path)
@@ -180,6 +186,7 @@ def save_soft_prompt(pipe, path)->Path:
 def load_soft_prompt(pipe, path)->torch.nn.Parameter:
     "Attach a soft prompt saved by `save_soft_prompt`; the file must fit the text encoder's embedding width."
     from safetensors.torch import load_file
+    if not isinstance(path, (str, os.PathLike)): raise DSDInputError(f"path must be a file path (str or Path); got {type(path).__name__}")
     path = Path(path)
     if not path.is_file(): raise DSDInputError(f"soft prompt file not found: {path}")
     try: sd = load_file(path)
@@ -189,7 +196,8 @@ def load_soft_prompt(pipe, path)->torch.nn.Parameter:
     P = sd["soft_prompt"]
     D = _embedding(pipe).weight.shape[1]
     if P.shape[1] != D: raise DSDInputError(f"{path} holds {P.shape[1]}-wide vectors but this text encoder embeds in {D} (another base model?)")
-    return add_soft_prompt(pipe, P.shape[0], init=P)
+    try: return add_soft_prompt(pipe, P.shape[0], init=P)
+    except DSDInputError as e: raise DSDInputError(f"{path}: {e}") from None
 
 # %% ../nbs/12_prompt_learning.ipynb #61c86be5
 def example_generator(seed:int, step:int, index:int)->torch.Generator:
@@ -390,10 +398,11 @@ def _check_config(c:PromptConfig):
         v = getattr(c, k)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise DSDInputError(f"{k} must be a positive integer; got {v!r}")
     if c.batch_size % c.grad_accum: raise DSDInputError(f"batch_size ({c.batch_size}) must be a multiple of grad_accum ({c.grad_accum})")
+    if c.soft_tokens > 75: raise DSDInputError(f"soft_tokens must be at most 75 (a caption and its start and end tokens need the rest of the 77 positions); got {c.soft_tokens}")
     if c.val_steps is not None and (isinstance(c.val_steps, bool) or not isinstance(c.val_steps, int) or c.val_steps < 1):
         raise DSDInputError(f"val_steps must be None or a positive integer; got {c.val_steps!r}")
     if c.val_seeds is not None:
-        if isinstance(c.val_seeds, (str, bytes)) or not hasattr(c.val_seeds, "__iter__") or not list(c.val_seeds):
+        if not isinstance(c.val_seeds, (list, tuple)) or not c.val_seeds:
             raise DSDInputError(f"val_seeds must be None or a non-empty list of seeds, like [0, 1, 2]; got {c.val_seeds!r}")
         c.val_seeds = [check_seed(s) for s in c.val_seeds]  # a list: config.json round-trips it unchanged
         if len(set(c.val_seeds)) < len(c.val_seeds): raise DSDInputError(f"val_seeds repeats a seed: {c.val_seeds}")
@@ -523,19 +532,26 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     if c.keep_best and not val: raise DSDInputError("keep_best needs validation examples (val) to choose the best adapter")
     if c.method == "soft_prompt" and soft_prompt(pipe) is not None:
         raise DSDInputError("the pipeline already has a soft prompt: remove_soft_prompt(pipe) or load a fresh pipeline")
+    if c.method == "soft_prompt" and c.soft_tokens > pipe.tokenizer.model_max_length - 2:
+        raise DSDInputError(f"soft_tokens must be at most {pipe.tokenizer.model_max_length - 2} for this text encoder; got {c.soft_tokens}")
+    if c.method == "lora" and name in getattr(pipe.unet, "peft_config", {}):
+        raise DSDInputError(f"the UNet already has an adapter named {name!r}: pass another name or load a fresh pipeline")
     settings = {**asdict(c), "run": run_info or {}}
     out = Path(out) if out is not None else None
     if out is not None:
         if (out / "done.json").exists() and not overwrite:
             raise DSDInputError(f"{out} holds a finished run: pass overwrite=True (--overwrite) to replace it, or choose another folder")
         if (out / "done.json").exists():  # remove only what a run writes
-            for f in ("done.json", "config.json", "metrics.csv"): (out / f).unlink(missing_ok=True)
+            for f in ("done.json", "config.json", "metrics.csv", "soft_prompt.safetensors"): (out / f).unlink(missing_ok=True)
             for d in ("checkpoints", "adapter"): shutil.rmtree(out / d, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = out / "config.json"
         if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k, {} if k == "run" else None) != v}
+            try: old = json.loads(cfg_path.read_text())
+            except ValueError as e: raise DSDInputError(f"{cfg_path} is damaged ({e}): remove {out} (or use another folder) to start over") from None
+            unused = {"soft_tokens"} if c.method == "lora" else {"rank", "alpha", "lora_layers"}  # settings the method ignores
+            defaults = {**asdict(PromptConfig()), "run": {}}  # a run folder written before a setting existed has its default
+            diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
             if diff: raise DSDInputError(f"{out} holds a run with other settings {diff} (old, new): use another folder or overwrite=True")
         else: _atomic_text(cfg_path, json.dumps(settings, indent=1))
     from accelerate.state import AcceleratorState
@@ -560,9 +576,9 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     step, log, best = 0, [], None
     if out is not None and (_state_path(out) / "trainer_state.pt").exists():
         try: step, log, best = _load_checkpoint(pipe, name, opt, out, c.method)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise DSDInputError(f"the checkpoint in {out} does not fit this model or adapter (another model?): "
-                                f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+        except Exception as e:  # a checkpoint of another model, or a damaged file (safetensors, pickle or struct errors, a missing file)
+            raise DSDInputError(f"the checkpoint in {_state_path(out)} does not fit this model or adapter (another model?) or is damaged: "
+                                f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}; remove {out / 'checkpoints'} to start the run over") from e
     t0, micro = time.time(), c.batch_size // c.grad_accum
     if micro % acc.num_processes:
         raise DSDInputError(f"each micro-batch ({micro} examples) must split evenly over the {acc.num_processes} processes: "
@@ -628,7 +644,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
 from fastcore.script import call_parse, Param, store_true
 
 @call_parse
-def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/); required", str)=None,
+def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ or soft_prompt.safetensors); required", str)=None,
               dataset:Param("'scene' (the scene world) or a ComVG-layout CSV", str)="scene",
               images_dir:Param("images folder of a ComVG CSV (default: next to it)", str)=None,
               shots:Param("few-shot examples: an integer, or a fraction like 0.05", str)="32",
@@ -652,12 +668,12 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/)
               val_n:Param("validation examples (scene world's val split; 0: none)", int)=50,
               val_every:Param("validate every this many steps", int)=25,
               ckpt_every:Param("checkpoint every this many steps", int)=25,
-              seed:Param("seed of the shots, the adapter init and the draws", int)=0,
+              seed:Param("seed of the shots, the LoRA init and the draws", int)=0,
               device:Param("where to train: auto, cpu, cuda, cuda:N or mps", str)="cpu",
               overwrite:Param("replace a finished run in --out", store_true)=False,
               keep_best:Param("end with the adapter of the best validation (step 0 = zero-shot included)", store_true)=False,
               val_steps:Param("validate on the fixed DSD grid of this many timesteps (the evaluation protocol) instead of random draws", int)=None,
-              val_seeds:Param("noise-bank seeds the validation averages over, comma-separated like 0,1,2 (default: --seed)", str)=None,
+              val_seeds:Param("seeds the validation averages over, comma-separated like 0,1,2 (default: --seed): noise banks with --val_steps, else the seeds of its random draws", str)=None,
               max_minutes:Param("stop after a checkpoint when this call has run this long", float)=None):
     "Few-shot prompt learning: train a LoRA adapter (or a soft prompt) with a ranking loss on DSD scores (resumable)."
     import sys
@@ -695,5 +711,5 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/)
     if done and keep_best:
         sel = df.attrs.get("selected_step", 0)
         kept = df[df.step == sel].iloc[0].to_dict() if (df.step == sel).any() else {}
-        print(f"kept the adapter of step {sel} (best validation" + (", the unchanged model" if sel == 0 else "") + "): "
+        print(f"kept the {'adapter' if method == 'lora' else 'soft prompt'} of step {sel} (best validation" + (", the unchanged model" if sel == 0 else "") + "): "
               + ", ".join(f"{k} {v:.4f}" for k, v in kept.items() if k.startswith("val_") and isinstance(v, float) and v == v))

@@ -112,7 +112,7 @@ class DSDScorer:
             raise DSDInputError(f"resolution {self.size} must be a positive multiple of the VAE factor {self.vae_factor}")
         self.latent_shape = (self.vae.config.latent_channels, self.size[0] // self.vae_factor, self.size[1] // self.vae_factor)
         self.noise = draw_noise((len(self.timesteps),) + self.latent_shape, seed, device=self.device)  # fp32 [K, C, h, w]
-        self._uncond = None
+        self._uncond, self._uncond_key = None, None
 
     @property
     def device(self): return self._device
@@ -149,8 +149,11 @@ def encode_captions(self:DSDScorer, captions)->torch.Tensor: # [M, L, D] in the 
 
 @patch
 def uncond_embedding(self:DSDScorer)->torch.Tensor: # [1, L, D]
-    "The empty caption's embedding, computed once per scorer."
-    if self._uncond is None: self._uncond = encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [""]).to(self.dtype)
+    "The empty caption's embedding, computed once and again only when the text encoder's parameters change (a soft prompt attached, removed or trained)."
+    te = self.pipe.text_encoder
+    key = tuple((n, p.data_ptr(), p._version) for n, p in te.named_parameters())  # in-place updates bump `_version`
+    if self._uncond is None or self._uncond_key != key:
+        self._uncond, self._uncond_key = encode_captions(self.pipe.tokenizer, te, [""]).to(self.dtype), key
     return self._uncond
 
 @patch

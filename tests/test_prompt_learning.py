@@ -437,6 +437,35 @@ def test_soft_prompt_file_errors(tmp_path):
         train_prompt(p, scene_ranking_examples("fewshot", 2, direction="i2t"), config=PromptConfig(method="soft_prompt", steps=1, batch_size=2), progress=False)
 
 
+def test_soft_prompt_refusals_leave_usable_folders(tmp_path, shots):
+    with pytest.raises(DSDInputError, match="soft_tokens must be at most 75"): PromptConfig(method="soft_prompt", soft_tokens=76)
+    with pytest.raises(DSDInputError, match="non-empty list of seeds"): PromptConfig(val_seeds=(s for s in [3, 4]))
+    cfg = PromptConfig(method="soft_prompt", soft_tokens=2, steps=2, batch_size=2, n_draws=1, ckpt_every=1)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, progress=False)
+    assert (tmp_path / "r" / "soft_prompt.safetensors").exists()
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=PromptConfig(steps=2, batch_size=2), overwrite=True, progress=False)
+    assert not (tmp_path / "r" / "soft_prompt.safetensors").exists() and (tmp_path / "r" / "adapter").exists()  # no stale file
+    # a damaged checkpoint gets a clear error naming what to remove
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, stop_after=1, progress=False)
+    (tmp_path / "d" / "checkpoints" / "last" / "soft_prompt.safetensors").write_bytes(b"junk")
+    with pytest.raises(DSDInputError, match="damaged"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, progress=False)
+    (tmp_path / "d" / "config.json").write_text("{")
+    with pytest.raises(DSDInputError, match="config.json is damaged"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, progress=False)
+
+
+def test_a_scorer_made_before_the_soft_prompt_follows_it(shots):
+    p = tiny_pipeline(seed=0)
+    old = DSDScorer(p, steps=2)
+    im, cs = shots[0].images, shots[0].captions
+    base = old.score(im, cs)
+    P = add_soft_prompt(p, 3)
+    with torch.no_grad(): P.add_(torch.randn(P.shape, generator=torch.Generator().manual_seed(1)))
+    fresh = DSDScorer(p, steps=2).score(im, cs)
+    assert torch.equal(old.score(im, cs), fresh) and not torch.allclose(fresh, base)
+    remove_soft_prompt(p)
+    assert torch.equal(old.score(im, cs), base)
+
+
 def test_val_seeds_average_fixed_noise_banks(shots):
     cfg = dict(steps=2, batch_size=2, lr=1e-3, val_every=2, val_steps=2, n_draws=1, val_seeds=[3, 4], keep_best=True)
     rows = [train_prompt(tiny_pipeline(seed=0), shots, shots, config=PromptConfig(seed=s, **cfg), progress=False).iloc[0] for s in (0, 1)]
