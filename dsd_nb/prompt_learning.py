@@ -111,7 +111,7 @@ def lora_parameters(unet, name:str="default")->list:
 
 # %% ../nbs/12_prompt_learning.ipynb #8b7d584f
 def use_adapter(pipe, name:str|None)->None:
-    "Activate adapter `name` on the UNet, or disable all adapters with `None` (the base model)."
+    "Activate adapter `name` on the UNet, or disable all adapters with `None` (the base UNet; a soft prompt stays until `remove_soft_prompt`)."
     unet = pipe.unet
     if name is None:
         if getattr(unet, "_hf_peft_config_loaded", False): unet.disable_adapters()
@@ -137,6 +137,9 @@ def _soft_hook(eos_id:int):
         first = torch.where(eos.any(1), eos.int().argmax(1), torch.full_like(ids[:, 0], L))  # [B]: position of the end token
         rel = torch.arange(L, device=ids.device)[None] - first[:, None] - 1                  # [B, L]: 0 = first position after it
         put = (rel >= 0) & (rel < len(P))
+        if bool((first + len(P) >= L).any()):
+            warnings.warn(f"a caption leaves fewer than the soft prompt's {len(P)} positions free of the text encoder's {L}: "
+                          "its soft vectors past the last position are dropped (shorter captions or fewer soft_tokens keep them all)", stacklevel=2)
         return torch.where(put[..., None], P[rel.clamp(0, len(P) - 1)].to(out.dtype), out)
     return hook
 

@@ -398,6 +398,9 @@ def test_soft_prompt_starts_as_a_no_op_and_changes_only_after_the_end_token():
     assert not torch.equal(E1, E0)
     remove_soft_prompt(p)
     assert torch.equal(encode_captions(p.tokenizer, p.text_encoder, caps), E0) and soft_prompt(p) is None
+    add_soft_prompt(p, 4)
+    with pytest.warns(UserWarning, match="soft vectors past the last position are dropped"):
+        encode_captions(p.tokenizer, p.text_encoder, [" ".join(["red"] * 73)])
 
 
 def test_soft_prompt_training_resumes_and_selects_like_lora(tmp_path, shots):
