@@ -152,7 +152,6 @@ def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text
         raise DSDInputError(f"n_tokens must be an integer in 1..{pipe.tokenizer.model_max_length - 2}; got {n_tokens!r}")
     emb = _embedding(pipe)
     if soft_prompt(pipe) is not None: raise DSDInputError("the text encoder already has a soft prompt: remove_soft_prompt(pipe) first")
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
     D = emb.weight.shape[1]
     if init is None: init = emb.weight.detach()[pipe.tokenizer.pad_token_id].float().cpu().repeat(n_tokens, 1)
     try: init = torch.as_tensor(init, dtype=torch.float32)
@@ -160,6 +159,7 @@ def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text
     if tuple(init.shape) != (n_tokens, D):
         raise DSDInputError(f"a soft prompt for this text encoder is [n_tokens, {D}] = [{n_tokens}, {D}]; got {list(init.shape)}")
     if not torch.isfinite(init).all(): raise DSDInputError("the soft prompt's initial vectors hold NaN or infinite values")
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
     emb.register_parameter(SOFT_PROMPT_KEY, torch.nn.Parameter(init.clone().to(emb.weight.device), requires_grad=True))
     emb._dsd_soft_hook = emb.register_forward_hook(_soft_hook(pipe.tokenizer.eos_token_id))
     return soft_prompt(pipe)
@@ -180,7 +180,8 @@ def save_soft_prompt(pipe, path)->Path:
     if not isinstance(path, (str, os.PathLike)): raise DSDInputError(f"path must be a file path (str or Path); got {type(path).__name__}")
     path = Path(path)
     if path.is_dir(): raise DSDInputError(f"{path} is a folder: give a file path such as {path / 'soft_prompt.safetensors'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try: path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise DSDInputError(f"cannot make the folder {path.parent}: {e}") from None
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     save_file({"soft_prompt": P.detach().float().cpu().contiguous()}, tmp, metadata={"format": "dsd_nb soft prompt", "position": "after end-of-text token"})
     os.replace(tmp, path)
@@ -521,7 +522,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                  out=None, # run folder (config, checkpoints, metrics, final adapter); None: no files, no resume
                  config:PromptConfig|None=None,
                  name:str="default", # adapter name
-                 overwrite:bool=False, # replace a finished run in `out`
+                 overwrite:bool=False, # replace a finished run in `out` (or an unfinished one of other settings, or a damaged one)
                  max_minutes:float|None=None, # stop after a checkpoint when this call has run this long
                  stop_after:int|None=None, # stop (after a checkpoint) at this step: for demonstrating resumes
                  run_info:dict|None=None, # what else defines the run (data, model): saved with the config; a resume must match
@@ -544,19 +545,27 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     if out is not None:
         if (out / "done.json").exists() and not overwrite:
             raise DSDInputError(f"{out} holds a finished run: pass overwrite=True (--overwrite) to replace it, or choose another folder")
-        if (out / "done.json").exists():  # remove only what a run writes
+        def clear():  # remove only what a run writes
             for f in ("done.json", "config.json", "metrics.csv", "soft_prompt.safetensors"): (out / f).unlink(missing_ok=True)
             for d in ("checkpoints", "adapter"): shutil.rmtree(out / d, ignore_errors=True)
+        if (out / "done.json").exists(): clear()
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = out / "config.json"
         if cfg_path.exists():
-            try: old = json.loads(cfg_path.read_text())
-            except ValueError as e: raise DSDInputError(f"{cfg_path} is damaged ({e}): remove {out} (or use another folder) to start over") from None
+            try:
+                old = json.loads(cfg_path.read_text())
+                if not isinstance(old, dict): raise ValueError(f"it holds a {type(old).__name__}, not the settings")
+            except ValueError as e:
+                if not overwrite: raise DSDInputError(f"{cfg_path} is damaged ({e}): pass overwrite=True (--overwrite) to start over, or use another folder") from None
+                old = settings
             unused = {"soft_tokens"} if c.method == "lora" else {"rank", "alpha", "lora_layers"}  # settings the method ignores
             defaults = {**asdict(PromptConfig()), "run": {}}  # a run folder written before a setting existed has its default
             diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
-            if diff: raise DSDInputError(f"{out} holds a run with other settings {diff} (old, new): use another folder or overwrite=True")
-        else: _atomic_text(cfg_path, json.dumps(settings, indent=1))
+            if diff and not overwrite:
+                raise DSDInputError(f"{out} holds an unfinished run with other settings {diff} (old, new): run it with its own settings "
+                                    "to resume it, pass overwrite=True (--overwrite) to replace it, or use another folder")
+            if diff or old is settings: clear()  # replaced: an unfinished run of other settings, or a damaged one
+        if not cfg_path.exists(): _atomic_text(cfg_path, json.dumps(settings, indent=1))
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)  # a new run may use another precision; keeps the process group
     acc = Accelerator(mixed_precision=c.mixed_precision, cpu=pipe.device.type == "cpu",
@@ -673,7 +682,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
               ckpt_every:Param("checkpoint every this many steps", int)=25,
               seed:Param("seed of the shots, the LoRA init and the draws", int)=0,
               device:Param("where to train: auto, cpu, cuda, cuda:N or mps", str)="cpu",
-              overwrite:Param("replace a finished run in --out", store_true)=False,
+              overwrite:Param("replace a finished run in --out (or an unfinished one of other settings)", store_true)=False,
               keep_best:Param("end with the adapter of the best validation (step 0 = zero-shot included)", store_true)=False,
               val_steps:Param("validate on the fixed DSD grid of this many timesteps (the evaluation protocol) instead of random draws", int)=None,
               val_seeds:Param("seeds the validation averages over, comma-separated like 0,1,2 (default: --seed): noise banks with --val_steps, else the seeds of its random draws", str)=None,
@@ -686,6 +695,8 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         try: k = float(shots) if "." in shots else int(shots)
         except ValueError: raise DSDInputError(f"--shots must be an integer or a fraction like 0.05, got {shots!r}") from None
         if val_n < 0: raise DSDInputError(f"--val_n must be 0 (no validation) or more, got {val_n}")
+        if (val_seeds is not None or val_steps is not None) and (val_n == 0 or dataset != "scene"):
+            raise DSDInputError("--val_seeds and --val_steps shape the validation: use them with --val_n > 0 and --dataset scene")
         try: vseeds = [int(x) for x in val_seeds.split(",")] if val_seeds is not None else None
         except ValueError: raise DSDInputError(f"--val_seeds must be comma-separated integers like 0,1,2; got {val_seeds!r}") from None
         if keep_best and (val_n == 0 or dataset != "scene"):

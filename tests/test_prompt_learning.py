@@ -376,7 +376,8 @@ def test_dsd_train_soft_prompt_and_val_seeds(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["method"] == "soft_prompt" and cfg["val_seeds"] == [5, 6] and cfg["val_steps"] == 2
     for bad, msg in ((["--method", "prefix"], "method must be one of lora, soft_prompt"), (["--soft_tokens", "0"], "soft_tokens must be a positive integer"),
-                     (["--val_seeds", "1,x"], "--val_seeds must be comma-separated integers"), (["--val_seeds", "1,1"], "repeats a seed")):
+                     (["--val_seeds", "1,x"], "--val_seeds must be comma-separated integers"), (["--val_seeds", "1,1"], "repeats a seed"),
+                     (["--val_n", "0"], "--val_seeds and --val_steps shape the validation")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
 
@@ -454,6 +455,21 @@ def test_soft_prompt_refusals_leave_usable_folders(tmp_path, shots):
     with pytest.raises(DSDInputError, match="damaged"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, progress=False)
     (tmp_path / "d" / "config.json").write_text("{")
     with pytest.raises(DSDInputError, match="config.json is damaged"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, progress=False)
+    (tmp_path / "d" / "config.json").write_text("[1, 2]")                  # valid JSON, but not the settings
+    with pytest.raises(DSDInputError, match="config.json is damaged"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, overwrite=True, progress=False)  # --overwrite starts it over
+    assert (tmp_path / "d" / "done.json").exists()
+    # an unfinished run of other settings: refused, naming the ways out; replaced with overwrite=True
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, stop_after=1, progress=False)
+    lora = PromptConfig(steps=2, batch_size=2, n_draws=1)
+    with pytest.raises(DSDInputError, match="unfinished run with other settings.*overwrite=True"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=lora, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=lora, overwrite=True, progress=False)
+    assert json.loads((tmp_path / "u" / "config.json").read_text())["method"] == "lora" and (tmp_path / "u" / "adapter").exists()
+    assert not (tmp_path / "u" / "checkpoints" / "last" / "soft_prompt.safetensors").exists()
+    p = tiny_pipeline(seed=0)
+    with pytest.raises(DSDInputError, match="NaN"): add_soft_prompt(p, 2, init=torch.full((2, 32), float("nan")))
+    assert any(q.requires_grad for q in p.unet.parameters())            # a refused call changes nothing
 
 
 def test_a_scorer_made_before_the_soft_prompt_follows_it(shots):
