@@ -618,8 +618,6 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                     tot_loss += per.detach().sum().cpu(); wins += sum(float((s[0] > s[1:]).all()) for s in sc)
         acc.clip_grad_norm_(params, c.clip)
         opt.step(); opt.zero_grad(set_to_none=True)
-        if c.method == "soft_prompt":  # the empty caption's embedding changed with the prompt: scorers must encode it again
-            for s in {id(x): x for x in [scorer, *val_scorers]}.values(): s._uncond = None
         step += 1
         stats = acc.reduce(torch.stack([tot_loss, wins]).to(acc.device), "sum").cpu() / c.batch_size
         row = dict(step=step, loss=stats[0].item(), train_acc=stats[1].item())
