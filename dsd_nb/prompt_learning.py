@@ -549,6 +549,9 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             for f in ("done.json", "config.json", "metrics.csv", "soft_prompt.safetensors"): (out / f).unlink(missing_ok=True)
             for d in ("checkpoints", "adapter"): shutil.rmtree(out / d, ignore_errors=True)
         if (out / "done.json").exists(): clear()
+        elif not (out / "config.json").exists() and any((out / f).exists() for f in ("adapter", "soft_prompt.safetensors", "checkpoints")):
+            raise DSDInputError(f"{out} holds files a run writes (adapter/, soft_prompt.safetensors or checkpoints/) but no run: "
+                                "choose another folder, so that nothing of yours is replaced")
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = out / "config.json"
         if cfg_path.exists():

@@ -467,6 +467,10 @@ def test_soft_prompt_refusals_leave_usable_folders(tmp_path, shots):
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=lora, overwrite=True, progress=False)
     assert json.loads((tmp_path / "u" / "config.json").read_text())["method"] == "lora" and (tmp_path / "u" / "adapter").exists()
     assert not (tmp_path / "u" / "checkpoints" / "last" / "soft_prompt.safetensors").exists()
+    (tmp_path / "mine" / "adapter").mkdir(parents=True); (tmp_path / "mine" / "adapter" / "x.txt").write_text("mine")
+    with pytest.raises(DSDInputError, match="holds files a run writes"):    # a folder that is not a run: nothing of it is replaced
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "mine", config=lora, progress=False)
+    assert (tmp_path / "mine" / "adapter" / "x.txt").read_text() == "mine"
     p = tiny_pipeline(seed=0)
     with pytest.raises(DSDInputError, match="NaN"): add_soft_prompt(p, 2, init=torch.full((2, 32), float("nan")))
     assert any(q.requires_grad for q in p.unet.parameters())            # a refused call changes nothing
