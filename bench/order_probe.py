@@ -5,7 +5,7 @@
 scenes, per timestep of the 10-step DSD grid and per score term (the total, the attention log-sum-exp term,
 the denoising gain, the conditional error alone), with two noise (epsilon) banks.
 
-`learn`: train a LoRA (all attention layers, rank 4, AdamW, grad clip 1.0) on 128 shots with our own short loop,
+`learn`: train a LoRA (all attention layers, or `--layers cross`; rank 4, AdamW, grad clip 1.0) on 128 shots (`--shots`) with our own short loop,
 and every `--eval` steps report the accuracy per kind on 48 of the shots themselves and on the 100 validation
 scenes (order and relation, t2i), each on the 10-step grid with fixed noise banks (100 and 101, not the shots'
 training draws). `--kinds order --direction t2i` trains on order negatives only; `--t0 500` draws training
@@ -18,6 +18,7 @@ timesteps from 500..999 only (where layout is decided); `--mirror` adds each sho
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --mirror --tag C
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 240 --batch 8 --eval 60 --mirror --direction both \\
         --kinds subject,object,relation,attribute_swap,order --tag D
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --tag E
 
 Results: bench/RESULTS.md, "Can few shots teach word order?".
 """
@@ -50,13 +51,13 @@ def learn(pipe, a):
     from dsd_nb.attention import AttentionCapture
     from dsd_nb.prompt_learning import (RankingExample, scene_ranking_examples, few_shot, add_lora, lora_parameters, ranking_scores,
                                         ranking_loss, example_generator, batch_indices, evaluate_ranking)
-    pool = scene_ranking_examples("fewshot", 512, seed=0, direction=a.direction, kinds=tuple(a.kinds.split(",")))
-    train = few_shot(pool, 128, a.seed)
+    pool = scene_ranking_examples("fewshot", max(512, 2 * a.shots), seed=0, direction=a.direction, kinds=tuple(a.kinds.split(",")))
+    train = few_shot(pool, a.shots, a.seed)
     if a.mirror:
         swap = lambda c: re.sub(r"\b(left|right)\b", lambda m: "right" if m[1] == "left" else "left", c)
         train = train + [RankingExample([PIL.ImageOps.mirror(im) for im in e.images], [swap(c) for c in e.captions], e.kinds) for e in train]
     val = scene_ranking_examples("val", 100, seed=0, direction="t2i", kinds=("order", "relation"))
-    add_lora(pipe, "default", 4, None, "all", seed=a.seed)
+    add_lora(pipe, "default", 4, None, a.layers, seed=a.seed)
     params = lora_parameters(pipe.unet)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
     sc = DSDScorer(pipe, seed=a.seed, chunk_size=64)
@@ -91,6 +92,7 @@ def main():
     ap.add_argument("--mirror", action="store_true"); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval", type=int, default=100); ap.add_argument("--tag", default="")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--shots", type=int, default=128); ap.add_argument("--layers", default="all", choices=("all", "cross"))
     a = ap.parse_args()
     import torch
     if a.threads: torch.set_num_threads(a.threads)

@@ -15,7 +15,7 @@ __all__ = ['read_captions_file', 'score_command', 'dsd_score']
 import json as _json, sys, warnings
 from pathlib import Path
 from fastcore.script import Param, anno_parser
-from .core import DSDInputError, reference_timesteps, check_seed, MAX_SEED
+from .core import DSDInputError, reference_timesteps, check_seed, MAX_SEED, print_stdout
 from .inputs import load_image
 from .models import load_pipeline, DEFAULT_MODEL, BUILTIN_MODELS
 from .scoring import DSDScorer, MODES, TOKEN_MASKS
@@ -90,6 +90,5 @@ def dsd_score(argv:list|None=None # arguments (default: sys.argv[1:])
             out = score_command(**args)
     except DSDInputError as e:
         sys.stderr.write(f"dsd-score: error: {e}\n"); return 2
-    try: print(out)
-    except UnicodeEncodeError: sys.stdout.flush(); sys.stdout.buffer.write((out + "\n").encode("utf-8"))  # e.g. an ASCII-only terminal
+    print_stdout(out)  # UTF-8 on an ASCII-only terminal; a quiet exit when piped into `head`
     return 0

@@ -11,7 +11,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # %% auto #0
 __all__ = ['MAX_SEED', 'DSDInputError', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed', 'draw_noise',
-           'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir']
+           'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir', 'write_atomic', 'print_stdout']
 
 # %% ../nbs/00_core.ipynb #d19fb132
 class DSDInputError(ValueError):
@@ -132,3 +132,29 @@ def replace_dir(tmp, # a finished temporary folder (a sibling of `dest`)
         old = dest.with_name(f".{dest.name}.old.{os.getpid()}"); dest.rename(old); tmp.rename(dest); shutil.rmtree(old)
     else: tmp.rename(dest)
     return dest
+
+# %% ../nbs/00_core.ipynb #1485d850
+def write_atomic(path, # destination file; its folder must exist
+                 data:bytes|str # the whole content; str is written as UTF-8
+                )->Path: # `path`
+    "Write `data` to `path` in one step: a temporary sibling file is written, then renamed over `path`."
+    from pathlib import Path
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else bytes(data)); os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
+
+# %% ../nbs/00_core.ipynb #b924dd88
+def print_stdout(text:str)->None:
+    "Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with status 141 when the reader has closed the pipe."
+    import sys
+    try:
+        try: print(text, flush=True)
+        except UnicodeEncodeError:
+            sys.stdout.flush(); sys.stdout.buffer.write((text + "\n").encode("utf-8")); sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so Python's own flush at exit finds a sink
+        sys.exit(141)

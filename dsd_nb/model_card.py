@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import PIL.Image
-from .core import DSDInputError, replace_dir
+from .core import DSDInputError, replace_dir, write_atomic
 from .scenes import sample_examples, detect, render, SPLITS
 
 # %% auto #0
@@ -150,10 +150,6 @@ def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_model_card.ipynb #10817654
-def _atomic_write(path:Path, data:bytes):
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_bytes(data); os.replace(tmp, path)
-
 def _pct(x): return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}%"
 
 def _intro(name:str, recipe:dict)->str:
@@ -273,13 +269,13 @@ def write_model_card(dest, # the model folder (has `recipe.json`)
     dest = Path(dest)
     recipe = json.loads((dest / "recipe.json").read_text())
     import io
-    buf = io.BytesIO(); loss_figure(recipe).savefig(buf, format="png", dpi=80); _atomic_write(dest / "loss_curve.png", buf.getvalue())
+    buf = io.BytesIO(); loss_figure(recipe).savefig(buf, format="png", dpi=80); write_atomic(dest / "loss_curve.png", buf.getvalue())
     if samples is not None:
-        buf = io.BytesIO(); samples.save(buf, format="PNG"); _atomic_write(dest / "samples.png", buf.getvalue())
-    _atomic_write(dest / "metrics.json", json.dumps(metrics, indent=1).encode())
+        buf = io.BytesIO(); samples.save(buf, format="PNG"); write_atomic(dest / "samples.png", buf.getvalue())
+    write_atomic(dest / "metrics.json", json.dumps(metrics, indent=1).encode())
     size = folder_mb(dest) - sum((dest / f).stat().st_size for f in ("loss_curve.png", "samples.png", "metrics.json") if (dest / f).exists()) / 1e6
     md = model_card_markdown(recipe, metrics, parameter_counts(pipe), size, name=dest.name)
-    _atomic_write(dest / "MODEL_CARD.md", md.encode())
+    write_atomic(dest / "MODEL_CARD.md", md.encode())
     return dest / "MODEL_CARD.md"
 
 # %% ../nbs/09_model_card.ipynb #760e09de

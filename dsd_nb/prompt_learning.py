@@ -13,17 +13,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from .core import DSDInputError, check_seed, replace_dir
+from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout
 from .attention import AttentionCapture
 from .scoring import DSDScorer, MODES, encode_captions
 from .scenes import NEG_KINDS, SPLITS, sample_examples, negative, negative_scene, render, split_allowed, read_comvg
 
 # %% auto #0
-__all__ = ['LORA_PROJECTIONS', 'SOFT_PROMPT_KEY', 'RankingExample', 'scene_ranking_examples', 'comvg_ranking_examples',
-           'few_shot', 'lora_config', 'add_lora', 'lora_parameters', 'use_adapter', 'soft_prompt', 'add_soft_prompt',
-           'remove_soft_prompt', 'save_soft_prompt', 'load_soft_prompt', 'example_generator', 'ranking_scores',
-           'ranking_loss', 'save_adapter', 'reference_lora_shapes', 'read_reference_lora', 'load_reference_lora',
-           'PromptConfig', 'batch_indices', 'evaluate_ranking', 'train_prompt', 'dsd_train']
+__all__ = ['LORA_PROJECTIONS', 'SOFT_PROMPT_KEY', 'MAX_VAL_N', 'RankingExample', 'scene_ranking_examples',
+           'comvg_ranking_examples', 'few_shot', 'lora_config', 'add_lora', 'lora_parameters', 'use_adapter',
+           'soft_prompt', 'add_soft_prompt', 'remove_soft_prompt', 'save_soft_prompt', 'load_soft_prompt',
+           'example_generator', 'ranking_scores', 'ranking_loss', 'save_adapter', 'reference_lora_shapes',
+           'read_reference_lora', 'load_reference_lora', 'PromptConfig', 'batch_indices', 'evaluate_ranking',
+           'train_prompt', 'dsd_train']
 
 # %% ../nbs/12_prompt_learning.ipynb #d253473d
 @dataclass
@@ -129,6 +130,14 @@ def soft_prompt(pipe)->torch.nn.Parameter|None:
     "The attached soft prompt, [n, D] (D = the text encoder's embedding width), or None."
     return getattr(_embedding(pipe), SOFT_PROMPT_KEY, None)
 
+def _user_stacklevel()->int:
+    "The `stacklevel` that attributes a warning to the first caller outside torch, transformers, diffusers and dsd_nb."
+    import sys
+    f, level = sys._getframe(1), 1  # our caller's frame is stacklevel 1 of its warnings.warn
+    while f is not None and f.f_globals.get("__name__", "").split(".")[0] in ("torch", "transformers", "diffusers", "peft", "accelerate", "dsd_nb"):
+        f, level = f.f_back, level + 1
+    return level
+
 def _soft_hook(eos_id:int):
     def hook(module, args, out):  # out: [B, L, D] token embeddings of input_ids args[0]: [B, L]
         P = getattr(module, SOFT_PROMPT_KEY)
@@ -139,7 +148,7 @@ def _soft_hook(eos_id:int):
         put = (rel >= 0) & (rel < len(P))
         if bool((first + len(P) >= L).any()):
             warnings.warn(f"a caption leaves fewer than the soft prompt's {len(P)} positions free of the text encoder's {L}: "
-                          "its soft vectors past the last position are dropped (shorter captions or fewer soft_tokens keep them all)", stacklevel=2)
+                          "its soft vectors past the last position are dropped (shorter captions or fewer soft_tokens keep them all)", stacklevel=_user_stacklevel())
         return torch.where(put[..., None], P[rel.clamp(0, len(P) - 1)].to(out.dtype), out)
     return hook
 
@@ -512,8 +521,12 @@ def _better(v:dict, best:dict|None)->bool:
     "Validation `v` beats `best`: higher mean pairwise accuracy over the negative kinds, or equal and lower loss."
     return best is None or (v["pairwise"], -v["loss"]) > (best["pairwise"], -best["loss"])
 
-def _atomic_text(path:Path, text:str):
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}"); tmp.write_text(text); os.replace(tmp, path)
+def _write_metrics(log:list, out:Path)->pd.DataFrame:
+    "The metrics log as a table, columns in a fixed order (step, loss, train_acc, then validation), written atomically to `out`/metrics.csv when `out` is given."
+    df = pd.DataFrame(log)
+    df = df[[k for k in ("step", "loss", "train_acc") if k in df] + [k for k in df if k not in ("step", "loss", "train_acc")]]
+    if out is not None: write_atomic(out / "metrics.csv", df.to_csv(index=False))
+    return df
 
 # %% ../nbs/12_prompt_learning.ipynb #1230d04e
 def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets adapter `name`
@@ -532,6 +545,11 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     from accelerate.utils import DistributedDataParallelKwargs
     c = config or PromptConfig(); _check_config(c)
     if not train: raise DSDInputError("train needs at least one example")
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, (int, float)) and max_minutes >= 0)):
+        raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise DSDInputError(f"stop_after must be a step from 1 on (or None); got {stop_after!r}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir(): raise DSDInputError(f"run folder '{out}' is a file: give a folder name")
     if c.mixed_precision == "fp16" and pipe.device.type == "cpu": raise DSDInputError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     if c.keep_best and not val: raise DSDInputError("keep_best needs validation examples (val) to choose the best adapter")
     if c.method == "soft_prompt" and soft_prompt(pipe) is not None:
@@ -568,7 +586,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                 raise DSDInputError(f"{out} holds an unfinished run with other settings {diff} (old, new): run it with its own settings "
                                     "to resume it, pass overwrite=True (--overwrite) to replace it, or use another folder")
             if diff or old is settings: clear()  # replaced: an unfinished run of other settings, or a damaged one
-        if not cfg_path.exists(): _atomic_text(cfg_path, json.dumps(settings, indent=1))
+        if not cfg_path.exists(): write_atomic(cfg_path, json.dumps(settings, indent=1))
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)  # a new run may use another precision; keeps the process group
     acc = Accelerator(mixed_precision=c.mixed_precision, cpu=pipe.device.type == "cpu",
@@ -634,19 +652,18 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
         stopping = (max_minutes is not None and (time.time() - t0) / 60 > max_minutes) or (stop_after is not None and step >= stop_after)
         if out is not None and acc.is_main_process and (step % c.ckpt_every == 0 or step == c.steps or stopping):
             _save_checkpoint(pipe, name, opt, step, log, out, best, c.method)
-            pd.DataFrame(log).to_csv(out / ".metrics.csv.tmp", index=False); os.replace(out / ".metrics.csv.tmp", out / "metrics.csv")
+            _write_metrics(log, out)
         acc.wait_for_everyone()
         if stopping and step < c.steps: break
     bar.close()
     if c.keep_best and step >= c.steps and best is not None:
         _set_trained_state(pipe, name, c.method, best["state"])
-    df = pd.DataFrame(log)
+    df = _write_metrics(log, out if out is not None and acc.is_main_process else None)
     df.attrs["selected_step"] = best["step"] if c.keep_best and best is not None and step >= c.steps else step
     if out is not None and acc.is_main_process:
-        df.to_csv(out / ".metrics.csv.tmp", index=False); os.replace(out / ".metrics.csv.tmp", out / "metrics.csv")
         if step >= c.steps:
             _save_trained(pipe, name, out, c.method)
-            _atomic_text(out / "done.json", json.dumps(dict(steps=step, selected_step=df.attrs["selected_step"],
+            write_atomic(out / "done.json", json.dumps(dict(steps=step, selected_step=df.attrs["selected_step"],
                                                              final=log[-1] if log else {}), indent=1))
     if c.gradient_checkpointing: pipe.unet.disable_gradient_checkpointing()
     acc.unwrap_model(unet, keep_fp32_wrapper=False)  # undo accelerate's autocast wrapper: later scoring runs in the model's dtype
@@ -655,6 +672,8 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
 
 # %% ../nbs/12_prompt_learning.ipynb #f18935c1
 from fastcore.script import call_parse, Param, store_true
+
+MAX_VAL_N = 10_000  # validation examples: more would take longer than the training they check
 
 @call_parse
 def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ or soft_prompt.safetensors); required", str)=None,
@@ -695,7 +714,8 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if not out: raise DSDInputError("--out is required: the run folder for checkpoints, metrics and the adapter")
         try: k = float(shots) if "." in shots else int(shots)
         except ValueError: raise DSDInputError(f"--shots must be an integer or a fraction like 0.05, got {shots!r}") from None
-        if val_n < 0: raise DSDInputError(f"--val_n must be 0 (no validation) or more, got {val_n}")
+        if not 0 <= val_n <= MAX_VAL_N: raise DSDInputError(f"--val_n must be 0 (no validation) to {MAX_VAL_N}, got {val_n}")
+        if max_minutes is not None and not max_minutes >= 0: raise DSDInputError(f"--max_minutes must be a number of minutes >= 0 (0: stop after the first step), got {max_minutes}")
         if (val_seeds is not None or val_steps is not None) and (val_n == 0 or dataset != "scene"):
             raise DSDInputError("--val_seeds and --val_steps shape the validation: use them with --val_n > 0 and --dataset scene")
         try: vseeds = [int(x) for x in val_seeds.split(",")] if val_seeds is not None else None
@@ -713,7 +733,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         train = few_shot(pool, k, seed)
         val = scene_ranking_examples("val", val_n, seed=0, direction=direction) if val_n > 0 and dataset == "scene" else None
         pipe = load_pipeline(model, device=device)
-        info = dict(dataset=dataset, images_dir=images_dir, shots=shots, direction=direction, model=model or "default", val_n=val_n)
+        info = dict(dataset=dataset, images_dir=images_dir, shots=str(k), direction=direction, model=model or "default", val_n=val_n)
         df = train_prompt(pipe, train, val, out=out, config=cfg, overwrite=overwrite, max_minutes=max_minutes, run_info=info)
     except (DSDInputError, ValueError, OSError) as e:
         sys.stderr.write(f"dsd-train: error: {e}\n"); sys.exit(2)
@@ -721,10 +741,11 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         sys.stderr.write(f"dsd-train: interrupted; run the same command again to resume from the last checkpoint in {out}\n"); sys.exit(130)
     last = df.iloc[-1].to_dict() if len(df) else {}
     done = (Path(out) / "done.json").exists()
-    print(("finished" if done else "stopped (run the same command again to resume)") + f": step {int(last.get('step', 0))}, "
-          + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step" and isinstance(v, float) and v == v))
+    lines = [("finished" if done else "stopped (run the same command again to resume)") + f": step {int(last.get('step', 0))}, "
+             + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step" and isinstance(v, float) and v == v)]
     if done and keep_best:
         sel = df.attrs.get("selected_step", 0)
         kept = df[df.step == sel].iloc[0].to_dict() if (df.step == sel).any() else {}
-        print(f"kept the {'adapter' if method == 'lora' else 'soft prompt'} of step {sel} (best validation" + (", the unchanged model" if sel == 0 else "") + "): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in kept.items() if k.startswith("val_") and isinstance(v, float) and v == v))
+        lines.append(f"kept the {'adapter' if method == 'lora' else 'soft prompt'} of step {sel} (best validation" + (", the unchanged model" if sel == 0 else "") + "): "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in kept.items() if k.startswith("val_") and isinstance(v, float) and v == v))
+    print_stdout("\n".join(lines))

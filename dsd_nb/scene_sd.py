@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, _fork_seed, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device
+from .core import DSDInputError, resolve_device, print_stdout
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,
@@ -329,6 +329,9 @@ def train_scene_sd(out, # output folder
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise DSDInputError(f"{k} must be a positive finite number; got {v!r}")
     for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items():
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, (int, float)) and max_minutes >= 0)):
+        raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
+    if Path(out).exists() and not Path(out).is_dir(): raise DSDInputError(f"output folder '{out}' is a file: give a folder name")
     if ground_steps and ground_weight == 0:
         raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
     dev = resolve_device(device)
@@ -380,8 +383,10 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
                        threads:Param("torch CPU threads (default: torch's choice)", int)=None):
     "Train the scene-world Stable Diffusion (resumable: run it again to continue)."
     import sys
-    if threads: torch.set_num_threads(threads)
-    try: p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
+    try:
+        if threads is not None and threads < 1: raise DSDInputError(f"--threads must be 1 or more, got {threads}")
+        if threads: torch.set_num_threads(threads)
+        p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)
     except DSDInputError as e: sys.stderr.write(f"dsd-train-scene-sd: error: {e}\n"); sys.exit(2)
-    print(f"finished: {p}" if p else f"stopped at the time limit; run the same command again to continue ({out})")
+    print_stdout(f"finished: {p}" if p else f"stopped at the time limit; run the same command again to continue ({out})")

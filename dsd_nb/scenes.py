@@ -4,13 +4,13 @@
 
 # %% ../nbs/06_scenes.ipynb #62c5115b
 from __future__ import annotations
-import csv, json, math, os, random, shutil, tempfile
+import csv, io, json, math, os, random, shutil, tempfile
 from collections import deque
 from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np
 import PIL.Image, PIL.ImageDraw
-from .core import DSDInputError
+from .core import DSDInputError, write_atomic, print_stdout
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'RELATIONS', 'INVERSE', 'BACKGROUND', 'NEG_KINDS', 'HELD_OUT_PAIRS', 'SPLITS',
@@ -366,6 +366,11 @@ def scene_example(split:str="test", index:int=0, seed:int=0)->tuple: # (scene, t
     negs = [(k, negative(cap, scene, k, rng)) for k in NEG_KINDS]
     return scene, cap, [(k, c) for k, c in negs if c is not None]
 
+def _check_out_file(path, flag):
+    p = Path(path)
+    if p.is_dir(): raise DSDInputError(f"{flag} {path} is a folder: give a file name such as scene.png")
+    if not p.parent.is_dir(): raise DSDInputError(f"{flag} {path}: folder '{p.parent}' does not exist; create it first")
+
 @call_parse
 def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="test",
               index:Param("which example of the split", int)=0,
@@ -377,12 +382,17 @@ def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="t
     import sys
     try:
         scene, cap, negs = scene_example(split, index, seed)
-        if Path(out).is_dir(): raise DSDInputError(f"--out {out} is a folder: give a file name such as scene.png")
-        im = render(scene, size)
+        _check_out_file(out, "--out")
+        fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
+        if fmt is None: raise DSDInputError(f"--out {out}: give an image file name ending in .png or .jpg (the extension picks the format)")
+        if captions_out:
+            _check_out_file(captions_out, "--captions_out")
+            if Path(captions_out).resolve() == Path(out).resolve():
+                raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
+        buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
         lines = [cap.text()] + [c.text() for _, c in negs]
-        if captions_out: Path(captions_out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        im.save(out)
+        if captions_out: write_atomic(captions_out, "\n".join(lines) + "\n")
+        write_atomic(out, buf.getvalue())
     except (DSDInputError, OSError, ValueError) as e:
         sys.stderr.write(f"dsd-scene: error: {e}\n"); sys.exit(2)
-    print(f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})")
-    print("\n".join(lines))
+    print_stdout(f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})\n" + "\n".join(lines))

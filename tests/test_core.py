@@ -181,3 +181,27 @@ def test_resolve_device():
 
 def test_dsd_input_error_is_value_error():
     assert issubclass(DSDInputError, ValueError)
+
+
+# ----------------------------------------------------------------------------- files and console output
+
+def test_write_atomic_replaces_whole_files(tmp_path):
+    from dsd_nb.core import write_atomic
+    f = write_atomic(tmp_path / "a.txt", "first, longer")
+    assert write_atomic(f, b"2nd").read_bytes() == b"2nd"
+    assert write_atomic(tmp_path / "u.txt", "ünïcode").read_bytes() == "ünïcode".encode("utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "u.txt"]
+    with pytest.raises(FileNotFoundError): write_atomic(tmp_path / "missing" / "b.txt", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "u.txt"]  # a failed write leaves nothing behind
+
+
+def test_print_stdout_into_a_closed_pipe_exits_quietly():
+    "`dsd-score ... | head -1`: the reader goes away; the command ends with status 141 and no traceback."
+    import subprocess, sys
+    code = "import time; from dsd_nb.core import print_stdout; time.sleep(0.5); print_stdout('rank ' * 100000); print('never')"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader leaves before anything is printed
+    err = p.stderr.read().decode(); p.wait(timeout=120)
+    assert p.returncode == 141 and err == "", (p.returncode, err)
+    ok = subprocess.run([sys.executable, "-c", "from dsd_nb.core import print_stdout; print_stdout('a red circle')"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == "a red circle\n"

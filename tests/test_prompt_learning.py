@@ -204,6 +204,8 @@ def test_keep_best_selects_restores_and_resumes(tmp_path, shots):
     for a, b in zip(lora_parameters(p1.unet), lora_parameters(p2.unet)): assert torch.equal(a, b)
     with pytest.raises(DSDInputError, match="keep_best needs"):
         train_prompt(tiny_pipeline(seed=0), shots, config=cfg, progress=False)
+    # the metrics file has the same column order with keep_best (whose first row, step 0, is validation only)
+    assert (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0].startswith("step,loss,train_acc,val_")
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path, shots):
@@ -243,6 +245,11 @@ def test_run_folder_protection(tmp_path, shots):
     assert not (tmp_path / "v").exists()  # a refused run leaves no folder behind
     with pytest.raises(DSDInputError, match="multiple of grad_accum"):
         train_prompt(tiny_pipeline(seed=0), shots, config=PromptConfig(batch_size=3, grad_accum=2), progress=False)
+    (tmp_path / "f").write_text("mine")
+    for kw, msg in ((dict(out=tmp_path / "f"), "is a file"), (dict(max_minutes=-1), "max_minutes must be a number of minutes >= 0"),
+                    (dict(max_minutes=float("nan")), "max_minutes must be"), (dict(stop_after=0), "stop_after must be a step from 1 on")):
+        with pytest.raises(DSDInputError, match=msg): train_prompt(tiny_pipeline(seed=0), shots, config=cfg, progress=False, **kw)
+    assert (tmp_path / "f").read_text() == "mine"
 
 
 def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):
@@ -345,7 +352,7 @@ def test_two_processes_train_like_one(tmp_path):
 
 def test_dsd_train_command(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "4", "--steps", "2",
+    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "04", "--steps", "2",
             "--batch_size", "2", "--val_n", "2", "--val_every", "2", "--lr", "1e-3"]
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -354,13 +361,19 @@ def test_dsd_train_command(tmp_path):
     assert (run / "adapter" / "pytorch_lora_weights.safetensors").exists() and (run / "metrics.csv").exists()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["steps"] == 2 and cfg["rank"] == 4 and cfg["margin"] == 0.1 and cfg["lr"] == 1e-3
+    assert cfg["run"]["shots"] == "4"  # "04" and "4" are the same run
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "finished run" in again.stderr and "Traceback" not in again.stderr
     for bad, msg in ((["--shots", "0"], "shots"), (["--loss", "mse"], "hinge"), (["--lora_layers", "self"], "lora_layers must be one of all, cross"),
                      (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], ""),
-                     (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n")):
+                     (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n"), (["--val_n", "100000"], "--val_n must be 0"),
+                     (["--max_minutes", "-1"], "--max_minutes must be a number of minutes >= 0")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
+    (tmp_path / "file").write_text("mine")
+    r = subprocess.run(args[:2] + [str(tmp_path / "file")] + args[3:], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_dsd_train_soft_prompt_and_val_seeds(tmp_path):
@@ -400,8 +413,9 @@ def test_soft_prompt_starts_as_a_no_op_and_changes_only_after_the_end_token():
     remove_soft_prompt(p)
     assert torch.equal(encode_captions(p.tokenizer, p.text_encoder, caps), E0) and soft_prompt(p) is None
     add_soft_prompt(p, 4)
-    with pytest.warns(UserWarning, match="soft vectors past the last position are dropped"):
+    with pytest.warns(UserWarning, match="soft vectors past the last position are dropped") as w:
         encode_captions(p.tokenizer, p.text_encoder, [" ".join(["red"] * 73)])
+    assert w[0].filename == __file__  # attributed to the caller, not to torch's or transformers' code
 
 
 def test_soft_prompt_training_resumes_and_selects_like_lora(tmp_path, shots):

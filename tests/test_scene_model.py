@@ -124,3 +124,18 @@ def test_scene_sd_resume_must_match_its_settings(tmp_path):
     assert train_scene_sd(tmp_path, **{**kw, "ground_steps": 1, "ground_batch": 2}) is not None  # stage 3 may be added later
     with pytest.raises(DSDInputError, match="ground_batch: 2 there, 4 now"): train_scene_sd(tmp_path, **{**kw, "ground_steps": 1, "ground_batch": 4})
     with pytest.raises(DSDInputError, match="device 'nonsense'"): train_scene_sd(tmp_path / "x", device="nonsense", **kw)
+    (tmp_path / "file").write_text("mine")
+    for bad, msg in ((dict(max_minutes=-1), "max_minutes must be a number of minutes >= 0"), (dict(max_minutes=float("nan")), "max_minutes must be")):
+        with pytest.raises(DSDInputError, match=msg): train_scene_sd(tmp_path / "y", **kw, **bad)
+    with pytest.raises(DSDInputError, match="is a file"): train_scene_sd(tmp_path / "file", **kw)
+    assert not (tmp_path / "y").exists() and (tmp_path / "file").read_text() == "mine"
+
+
+def test_train_scene_sd_command_refuses_bad_threads(tmp_path):
+    import subprocess, sys, shutil
+    from pathlib import Path
+    exe = Path(sys.executable).parent / "dsd-train-scene-sd"
+    exe = str(exe) if exe.exists() else shutil.which("dsd-train-scene-sd")
+    r = subprocess.run([exe, "--out", str(tmp_path / "r"), "--threads", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--threads must be 1 or more" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "r").exists()

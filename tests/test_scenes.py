@@ -96,6 +96,30 @@ def test_scene_example_and_command(tmp_path, monkeypatch):
     with pytest.raises(DSDInputError): scene_example("test", -1)
 
 
+def test_dsd_scene_command_files(tmp_path):
+    import subprocess, sys, shutil
+    from pathlib import Path
+    exe = Path(sys.executable).parent / "dsd-scene"
+    exe = str(exe) if exe.exists() else shutil.which("dsd-scene")
+    run = lambda *a: subprocess.run([exe, *map(str, a)], capture_output=True, text=True, timeout=300)
+    r = run("--index", "2", "--out", tmp_path / "s.png", "--captions_out", tmp_path / "c.txt")
+    assert r.returncode == 0, r.stderr
+    caps = (tmp_path / "c.txt").read_text().splitlines()
+    assert r.stdout.splitlines()[1:] == caps and len(caps) == 6
+    import PIL.Image
+    assert PIL.Image.open(tmp_path / "s.png").format == "PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "s.png"]  # no temporary files left
+    (tmp_path / "d").mkdir()
+    for args, msg in (((tmp_path / "s.png", "--captions_out", tmp_path / "s.png"), "would overwrite the captions"),
+                      ((tmp_path / "no" / "s.png",), "does not exist; create it first"),
+                      ((tmp_path / "s.txt",), "ending in .png or .jpg"),
+                      ((tmp_path / "d",), "is a folder"),
+                      ((tmp_path / "t.png", "--captions_out", tmp_path / "d"), "is a folder")):
+        r = run("--out", *args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert (tmp_path / "c.txt").read_text().splitlines() == caps and not (tmp_path / "t.png").exists()
+
+
 def test_scene_example_and_render_bounds():
     from dsd_nb.scenes import scene_example, render, MAX_INDEX
     from dsd_nb.core import DSDInputError
