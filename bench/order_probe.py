@@ -5,6 +5,12 @@
 scenes, per timestep of the 10-step DSD grid and per score term (the total, the attention log-sum-exp term,
 the denoising gain, the conditional error alone), with two noise (epsilon) banks.
 
+`generate`: does the unchanged model place the objects of a two-object caption where the caption says? One image per
+true caption of `--n` validation scenes (30 DDIM steps, guidance 2.0 and 4.0, seeded); the scene detector finds the
+two named objects (colour and shape); of the images where it finds both, the share whose objects are on the
+named axis (horizontal for left/right, vertical for above/below) and the share in the named relation (axis and
+direction: which object is on which side).
+
 `learn`: train a LoRA (all attention layers, or `--layers cross`; rank 4, AdamW, grad clip 1.0) on 128 shots (`--shots`) with our own short loop,
 and every `--eval` steps report the accuracy per kind on 48 of the shots themselves and on the 100 validation
 scenes (order and relation, t2i), each on the 10-step grid with fixed noise banks (100 and 101, not the shots'
@@ -13,6 +19,7 @@ timesteps from 500..999 only (where layout is decided); `--mirror` adds each sho
 "left" and "right" swapped in its captions (256 examples from 128 scenes).
 
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps
+    HF_HUB_OFFLINE=1 python bench/order_probe.py generate
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --mirror --tag C
@@ -43,6 +50,33 @@ def timesteps(pipe, n:int):
                 per_t = torch.stack([(f(r)[0] > f(r)[j]).float() for r, j in pairs]).mean(0)
                 mean = sum(float(f(r)[0].mean() > f(r)[j].mean()) for r, j in pairs) / len(pairs)
                 print(f"  {name:9s} over the grid {mean:.3f}; per timestep", [round(x, 2) for x in per_t.tolist()], flush=True)
+
+
+def generate(pipe, n:int):
+    import torch
+    from dsd_nb.scenes import sample_examples, detect, relation, Obj
+    ex = [(s, c) for s, c in sample_examples("val", n, seed=0, p_single=0.0)]
+    caps = [c.text() for _, c in ex]
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    axis = lambda r: "x" if r in ("left of", "right of") else "y"
+    for gs in (2.0, 4.0):
+        images = []
+        for i in range(0, len(caps), 20):
+            g = torch.Generator("cpu").manual_seed(i)
+            images += pipe(caps[i:i + 20], num_inference_steps=30, guidance_scale=gs, generator=g, height=side, width=side, output_type="pil").images
+        both = on_axis = named = 0
+        per = {r: [0, 0] for r in ("left of", "right of", "above", "below")}  # relation -> [on the axis, also in the named direction]
+        for (_, c), im in zip(ex, images):
+            dets = detect(im)
+            find = lambda ph: next((d for d in dets if d.colour == ph.colour and d.shape == ph.shape), None)
+            a, b = find(c.subject), find(c.object)
+            if a is None or b is None: continue
+            r = relation(Obj(a.shape, a.colour, a.size, a.x, a.y), Obj(b.shape, b.colour, b.size, b.x, b.y))
+            both += 1; on_axis += axis(r) == axis(c.relation); named += r == c.relation
+            if axis(r) == axis(c.relation): per[c.relation][0] += 1; per[c.relation][1] += r == c.relation
+        print(f"guidance {gs}: both objects found in {both}/{len(caps)}; of those, on the named axis {on_axis / max(both, 1):.3f}, "
+              f"in the named relation {named / max(both, 1):.3f} (chance: 0.5 and 0.25); on the axis, in the named direction, by relation: "
+              + ", ".join(f"{r} {k}/{n}" for r, (n, k) in per.items()), flush=True)
 
 
 def learn(pipe, a):
@@ -83,7 +117,7 @@ def learn(pipe, a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("timesteps", "learn"))
+    ap.add_argument("probe", choices=("timesteps", "generate", "learn"))
     ap.add_argument("--model", default="scene-sd"); ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--kinds", default="order"); ap.add_argument("--direction", default="t2i")
     ap.add_argument("--steps", type=int, default=300); ap.add_argument("--batch", type=int, default=16)
@@ -98,7 +132,9 @@ def main():
     if a.threads: torch.set_num_threads(a.threads)
     from dsd_nb.models import load_pipeline
     pipe = load_pipeline(a.model)
-    timesteps(pipe, a.n) if a.probe == "timesteps" else learn(pipe, a)
+    if a.probe == "timesteps": timesteps(pipe, a.n)
+    elif a.probe == "generate": generate(pipe, a.n)
+    else: learn(pipe, a)
 
 
 if __name__ == "__main__":

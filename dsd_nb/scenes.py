@@ -366,9 +366,9 @@ def scene_example(split:str="test", index:int=0, seed:int=0)->tuple: # (scene, t
     negs = [(k, negative(cap, scene, k, rng)) for k in NEG_KINDS]
     return scene, cap, [(k, c) for k, c in negs if c is not None]
 
-def _check_out_file(path, flag):
+def _check_out_file(path, flag, example):
     p = Path(path)
-    if p.is_dir(): raise DSDInputError(f"{flag} {path} is a folder: give a file name such as scene.png")
+    if p.is_dir(): raise DSDInputError(f"{flag} {path} is a folder: give a file name such as {example}")
     if not p.parent.is_dir(): raise DSDInputError(f"{flag} {path}: folder '{p.parent}' does not exist; create it first")
 
 @call_parse
@@ -382,11 +382,11 @@ def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="t
     import sys
     try:
         scene, cap, negs = scene_example(split, index, seed)
-        _check_out_file(out, "--out")
+        _check_out_file(out, "--out", "scene.png")
         fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
         if fmt is None: raise DSDInputError(f"--out {out}: give an image file name ending in .png or .jpg (the extension picks the format)")
         if captions_out:
-            _check_out_file(captions_out, "--captions_out")
+            _check_out_file(captions_out, "--captions_out", "captions.txt")
             if Path(captions_out).resolve() == Path(out).resolve():
                 raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
         buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
