@@ -16,7 +16,8 @@ and every `--eval` steps report the accuracy per kind on 48 of the shots themsel
 scenes (order and relation, t2i), each on the 10-step grid with fixed noise banks (100 and 101, not the shots'
 training draws). `--kinds order --direction t2i` trains on order negatives only; `--t0 500` draws training
 timesteps from 500..999 only (where layout is decided); `--mirror` adds each shot mirrored left-right with
-"left" and "right" swapped in its captions (256 examples from 128 scenes).
+"left" and "right" swapped in its captions (256 examples from 128 scenes); `--full` fine-tunes every UNet weight
+instead of a LoRA (an upper bound for adapters on the UNet).
 
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps
     HF_HUB_OFFLINE=1 python bench/order_probe.py generate
@@ -26,6 +27,7 @@ timesteps from 500..999 only (where layout is decided); `--mirror` adds each sho
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 240 --batch 8 --eval 60 --mirror --direction both \\
         --kinds subject,object,relation,attribute_swap,order --tag D
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --tag E
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --full --lr 1e-4 --tag F
 
 Results: bench/RESULTS.md, "Can few shots teach word order?".
 """
@@ -91,8 +93,11 @@ def learn(pipe, a):
         swap = lambda c: re.sub(r"\b(left|right)\b", lambda m: "right" if m[1] == "left" else "left", c)
         train = train + [RankingExample([PIL.ImageOps.mirror(im) for im in e.images], [swap(c) for c in e.captions], e.kinds) for e in train]
     val = scene_ranking_examples("val", 100, seed=0, direction="t2i", kinds=("order", "relation"))
-    add_lora(pipe, "default", 4, None, a.layers, seed=a.seed)
-    params = lora_parameters(pipe.unet)
+    if a.full:  # every UNet weight trains, no adapter: the most any method that keeps the text encoder frozen could learn
+        pipe.unet.requires_grad_(True); params = [p for p in pipe.unet.parameters()]
+    else:
+        add_lora(pipe, "default", 4, None, a.layers, seed=a.seed)
+        params = lora_parameters(pipe.unet)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
     sc = DSDScorer(pipe, seed=a.seed, chunk_size=64)
     banks = [DSDScorer(pipe, seed=s, steps=10, chunk_size=64) for s in (100, 101)]
@@ -127,6 +132,7 @@ def main():
     ap.add_argument("--eval", type=int, default=100); ap.add_argument("--tag", default="")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--shots", type=int, default=128); ap.add_argument("--layers", default="all", choices=("all", "cross"))
+    ap.add_argument("--full", action="store_true", help="fine-tune every UNet weight instead of a LoRA")
     a = ap.parse_args()
     import torch
     if a.threads: torch.set_num_threads(a.threads)

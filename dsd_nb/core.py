@@ -11,7 +11,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # %% auto #0
 __all__ = ['MAX_SEED', 'DSDInputError', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed', 'draw_noise',
-           'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir', 'write_atomic', 'print_stdout']
+           'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir', 'write_atomic', 'print_stdout',
+           'console_setup']
 
 # %% ../nbs/00_core.ipynb #d19fb132
 class DSDInputError(ValueError):
@@ -137,14 +138,28 @@ def replace_dir(tmp, # a finished temporary folder (a sibling of `dest`)
 def write_atomic(path, # destination file; its folder must exist
                  data:bytes|str # the whole content; str is written as UTF-8
                 )->Path: # `path`
-    "Write `data` to `path` in one step: a temporary sibling file is written, then renamed over `path`."
+    "Write `data` to `path` in one step: a temporary file in the same folder is written, then renamed over `path`. Raises TypeError for other data, OSError (naming `path`) when the folder is missing or not writable."
+    import stat, tempfile
     from pathlib import Path
+    if isinstance(data, str): data = data.encode("utf-8")
+    elif not isinstance(data, (bytes, bytearray, memoryview)): raise TypeError(f"write_atomic writes bytes or str, not {type(data).__name__}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    real = Path(os.path.realpath(path))  # through symbolic links: the link stays, its target gets the content
     try:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else bytes(data)); os.replace(tmp, path)
+        st = os.stat(real) if real.exists() else None
+        if st is not None and not stat.S_ISREG(st.st_mode):  # a device, a named pipe: not renamed over, written into
+            with open(real, "wb") as f: f.write(data)
+            return path
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=".dsd-", suffix=".tmp")
+    except OSError as e: raise type(e)(e.errno, f"cannot write '{path}': {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f: f.write(data)
+        if st is not None: mode = stat.S_IMODE(st.st_mode)
+        else: umask = os.umask(0); os.umask(umask); mode = 0o666 & ~umask  # a new file gets open()'s usual mode
+        os.chmod(tmp, mode); os.replace(tmp, real)
+    except OSError as e: raise type(e)(e.errno, f"cannot write '{path}': {e.strerror}") from None
     finally:
-        if tmp.exists(): tmp.unlink()
+        if os.path.exists(tmp): os.unlink(tmp)
     return path
 
 # %% ../nbs/00_core.ipynb #b924dd88
@@ -158,3 +173,27 @@ def print_stdout(text:str)->None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so Python's own flush at exit finds a sink
         sys.exit(141)
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.write(f"error: cannot write the output: {e.strerror}\n"); sys.exit(1)
+
+# %% ../nbs/00_core.ipynb #df98a08d
+class _DropWhenReaderGone:
+    "A text stream that passes everything to `stream` until its reader goes away (BrokenPipeError), then drops it."
+    def __init__(self, stream): self._stream, self.reader_gone = stream, False
+    def _call(self, name, *args):
+        if self.reader_gone: return None
+        try: return getattr(self._stream, name)(*args)
+        except BrokenPipeError: self.reader_gone = True
+    def write(self, s):
+        n = self._call("write", s)
+        return len(s) if n is None else n
+    def flush(self): self._call("flush")
+    def __getattr__(self, name): return getattr(self._stream, name)
+
+def console_setup()->None:
+    "For console scripts: stderr output (progress bars, warnings) is dropped once its reader is gone instead of stopping the command; SIGTERM raises KeyboardInterrupt, so it cleans up like Ctrl-C."
+    import signal, sys
+    if not isinstance(sys.stderr, _DropWhenReaderGone): sys.stderr = _DropWhenReaderGone(sys.stderr)
+    def stop(signum, frame): raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)

@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout
+from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout, console_setup
 from .attention import AttentionCapture
 from .scoring import DSDScorer, MODES, encode_captions
 from .scenes import NEG_KINDS, SPLITS, sample_examples, negative, negative_scene, render, split_allowed, read_comvg
@@ -567,10 +567,11 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             for f in ("done.json", "config.json", "metrics.csv", "soft_prompt.safetensors"): (out / f).unlink(missing_ok=True)
             for d in ("checkpoints", "adapter"): shutil.rmtree(out / d, ignore_errors=True)
         if (out / "done.json").exists(): clear()
-        elif not (out / "config.json").exists() and any((out / f).exists() for f in ("adapter", "soft_prompt.safetensors", "checkpoints")):
-            raise DSDInputError(f"{out} holds files a run writes (adapter/, soft_prompt.safetensors or checkpoints/) but no run: "
+        elif not (out / "config.json").exists() and any((out / f).exists() for f in ("adapter", "soft_prompt.safetensors", "checkpoints", "metrics.csv")):
+            raise DSDInputError(f"{out} holds files a run writes (adapter/, soft_prompt.safetensors, checkpoints/ or metrics.csv) but no run: "
                                 "choose another folder, so that nothing of yours is replaced")
-        out.mkdir(parents=True, exist_ok=True)
+        try: out.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise DSDInputError(f"cannot make the run folder '{out}': {e.strerror} (is part of the path a file, or a broken link?)") from None
         cfg_path = out / "config.json"
         if cfg_path.exists():
             try:
@@ -579,6 +580,9 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             except ValueError as e:
                 if not overwrite: raise DSDInputError(f"{cfg_path} is damaged ({e}): pass overwrite=True (--overwrite) to start over, or use another folder") from None
                 old = settings
+            if not {"steps", "lr", "batch_size"} <= old.keys() and not (_state_path(out) / "trainer_state.pt").exists():
+                raise DSDInputError(f"{cfg_path} is not the settings of a dsd-train run (it has no steps, lr and batch_size): "
+                                    "choose another folder, so that nothing of yours is replaced")
             unused = {"soft_tokens"} if c.method == "lora" else {"rank", "alpha", "lora_layers"}  # settings the method ignores
             defaults = {**asdict(PromptConfig()), "run": {}}  # a run folder written before a setting existed has its default
             diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
@@ -587,6 +591,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                                     "to resume it, pass overwrite=True (--overwrite) to replace it, or use another folder")
             if diff or old is settings: clear()  # replaced: an unfinished run of other settings, or a damaged one
         if not cfg_path.exists(): write_atomic(cfg_path, json.dumps(settings, indent=1))
+        for tmp in [*(out / "checkpoints").glob(".last.*"), *out.glob(".adapter.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)  # a new run may use another precision; keeps the process group
     acc = Accelerator(mixed_precision=c.mixed_precision, cpu=pipe.device.type == "cpu",
@@ -709,11 +714,13 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
               max_minutes:Param("stop after a checkpoint when this call has run this long", float)=None):
     "Few-shot prompt learning: train a LoRA adapter (or a soft prompt) with a ranking loss on DSD scores (resumable)."
     import sys
+    console_setup()  # progress bars stop, not the run, when stderr's reader goes away; SIGTERM cleans up like Ctrl-C
     from dsd_nb.models import load_pipeline
     try:
         if not out: raise DSDInputError("--out is required: the run folder for checkpoints, metrics and the adapter")
-        try: k = float(shots) if "." in shots else int(shots)
-        except ValueError: raise DSDInputError(f"--shots must be an integer or a fraction like 0.05, got {shots!r}") from None
+        if re.fullmatch(r"\d+", shots.strip()): k = int(shots)
+        elif re.fullmatch(r"\d*\.\d+", shots.strip()) and 0 < float(shots) <= 1: k = float(shots)
+        else: raise DSDInputError(f"--shots must be a whole number of examples like 32, or a fraction of the pool in (0, 1] like 0.05; got {shots!r}")
         if not 0 <= val_n <= MAX_VAL_N: raise DSDInputError(f"--val_n must be 0 (no validation) to {MAX_VAL_N}, got {val_n}")
         if max_minutes is not None and not max_minutes >= 0: raise DSDInputError(f"--max_minutes must be a number of minutes >= 0 (0: stop after the first step), got {max_minutes}")
         if (val_seeds is not None or val_steps is not None) and (val_n == 0 or dataset != "scene"):

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, _fork_seed, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, print_stdout
+from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,
@@ -304,12 +304,16 @@ def _check_resume(out:Path, settings:dict):
     "Refuse to continue a run in `out` with other settings (stage 3's may change until it starts); records them in settings.json."
     f = out / "settings.json"
     if f.exists():
-        old = json.loads(f.read_text())
+        try:
+            old = json.loads(f.read_text())
+            if not isinstance(old, dict): raise ValueError(f"it holds a {type(old).__name__}, not the settings")
+        except (OSError, ValueError) as e:
+            raise DSDInputError(f"{f} is damaged or not a settings file ({e}): use another output folder, or remove it to start over") from None
         started = (out / "ground_ckpt" / "last" / "state.json").exists()
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and (started or not k.startswith("ground_"))}
         if diff: raise DSDInputError(f"{out} holds a run with other settings (" + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
                                      + "): resume with the same settings or use another output folder")
-    tmp = out / ".settings.json.tmp"; tmp.write_text(json.dumps(settings, indent=1)); os.replace(tmp, f)
+    write_atomic(f, json.dumps(settings, indent=1))
 
 def train_scene_sd(out, # output folder
                    seed:int=0, vae_steps:int=1000, unet_steps:int=5500, pool_size:int=20000,
@@ -335,7 +339,9 @@ def train_scene_sd(out, # output folder
     if ground_steps and ground_weight == 0:
         raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
     dev = resolve_device(device)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise DSDInputError(f"cannot make the output folder '{out}': {e.strerror} (is part of the path a file, or a broken link?)") from None
     settings = dict(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch,
                     unet_batch=unet_batch, unet_lr=unet_lr, ground_steps=ground_steps, ground_batch=ground_batch,
                     ground_lr=ground_lr, ground_weight=ground_weight, ground_text_encoder=ground_text_encoder,
@@ -383,10 +389,13 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
                        threads:Param("torch CPU threads (default: torch's choice)", int)=None):
     "Train the scene-world Stable Diffusion (resumable: run it again to continue)."
     import sys
+    console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
     try:
         if threads is not None and threads < 1: raise DSDInputError(f"--threads must be 1 or more, got {threads}")
         if threads: torch.set_num_threads(threads)
         p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)
-    except DSDInputError as e: sys.stderr.write(f"dsd-train-scene-sd: error: {e}\n"); sys.exit(2)
+    except (DSDInputError, OSError) as e: sys.stderr.write(f"dsd-train-scene-sd: error: {e}\n"); sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"dsd-train-scene-sd: interrupted; run the same command again to continue from the last checkpoint in {out}\n"); sys.exit(130)
     print_stdout(f"finished: {p}" if p else f"stopped at the time limit; run the same command again to continue ({out})")

@@ -384,15 +384,15 @@ def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="t
         scene, cap, negs = scene_example(split, index, seed)
         _check_out_file(out, "--out", "scene.png")
         fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
-        if fmt is None: raise DSDInputError(f"--out {out}: give an image file name ending in .png or .jpg (the extension picks the format)")
+        if fmt not in PIL.Image.SAVE: raise DSDInputError(f"--out {out}: give an image file name ending in .png or .jpg (the extension picks the format)")
         if captions_out:
             _check_out_file(captions_out, "--captions_out", "captions.txt")
             if Path(captions_out).resolve() == Path(out).resolve():
                 raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
         buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
         lines = [cap.text()] + [c.text() for _, c in negs]
+        write_atomic(out, buf.getvalue())  # the image first: a failure to write it leaves an existing captions file as it was
         if captions_out: write_atomic(captions_out, "\n".join(lines) + "\n")
-        write_atomic(out, buf.getvalue())
     except (DSDInputError, OSError, ValueError) as e:
         sys.stderr.write(f"dsd-scene: error: {e}\n"); sys.exit(2)
     print_stdout(f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})\n" + "\n".join(lines))

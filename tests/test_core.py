@@ -191,8 +191,42 @@ def test_write_atomic_replaces_whole_files(tmp_path):
     assert write_atomic(f, b"2nd").read_bytes() == b"2nd"
     assert write_atomic(tmp_path / "u.txt", "ünïcode").read_bytes() == "ünïcode".encode("utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "u.txt"]
-    with pytest.raises(FileNotFoundError): write_atomic(tmp_path / "missing" / "b.txt", "x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "u.txt"]  # a failed write leaves nothing behind
+    with pytest.raises(FileNotFoundError, match="cannot write"): write_atomic(tmp_path / "missing" / "b.txt", "x")
+    for bad in (5, True, [104, 105], None):
+        with pytest.raises(TypeError, match="bytes or str"): write_atomic(tmp_path / "a.txt", bad)
+    assert f.read_bytes() == b"2nd" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "u.txt"]  # failures leave nothing behind
+
+
+def test_write_atomic_follows_links_writes_into_devices_and_keeps_modes(tmp_path):
+    import os, stat, threading
+    from dsd_nb.core import write_atomic
+    target = tmp_path / "target.txt"; target.write_text("old")
+    (tmp_path / "link.txt").symlink_to(target)
+    write_atomic(tmp_path / "link.txt", "new")
+    assert (tmp_path / "link.txt").is_symlink() and target.read_text() == "new"
+    os.chmod(target, 0o640); write_atomic(target, "newer")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    write_atomic(os.devnull, "into the void")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # still the device, not a file that replaced it
+    fifo = tmp_path / "pipe"; os.mkfifo(fifo); got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read())); reader.start()
+    write_atomic(fifo, "through the pipe"); reader.join(timeout=30)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    write_atomic(tmp_path / ("n" * 250 + ".png"), b"x")  # a long but valid name: the temporary file's name stays short
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["target.txt", "link.txt", "pipe", "n" * 250 + ".png"])
+
+
+def test_stderr_reader_gone_drops_output_not_the_command():
+    import subprocess, sys
+    code = ("import sys, time; from dsd_nb.core import console_setup, print_stdout; console_setup(); time.sleep(0.5)\n"
+            "for i in range(2000): sys.stderr.write('progress ' * 50 + '\\n'); sys.stderr.flush()\n"
+            "open(sys.argv[1], 'w').write('finished')")
+    import tempfile, pathlib
+    done = pathlib.Path(tempfile.mkdtemp()) / "done.txt"
+    p = subprocess.Popen([sys.executable, "-c", code, str(done)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p.stderr.close()  # like `2>&1 | head -0`
+    p.wait(timeout=120)
+    assert p.returncode == 0 and done.read_text() == "finished"
 
 
 def test_print_stdout_into_a_closed_pipe_exits_quietly():

@@ -250,6 +250,20 @@ def test_run_folder_protection(tmp_path, shots):
                     (dict(max_minutes=float("nan")), "max_minutes must be"), (dict(stop_after=0), "stop_after must be a step from 1 on")):
         with pytest.raises(DSDInputError, match=msg): train_prompt(tiny_pipeline(seed=0), shots, config=cfg, progress=False, **kw)
     assert (tmp_path / "f").read_text() == "mine"
+    with pytest.raises(DSDInputError, match="cannot make the run folder"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "f" / "sub", config=cfg, progress=False)
+    # a user's own files in the folder are never replaced, not even with overwrite
+    (tmp_path / "m").mkdir(); (tmp_path / "m" / "metrics.csv").write_text("epoch,mine\n")
+    (tmp_path / "c").mkdir(); (tmp_path / "c" / "config.json").write_text('{"name": "my experiment"}')
+    for folder, msg in (("m", "but no run"), ("c", "not the settings of a dsd-train run")):
+        for ow in (False, True):
+            with pytest.raises(DSDInputError, match=msg):
+                train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / folder, config=cfg, overwrite=ow, progress=False)
+    assert (tmp_path / "m" / "metrics.csv").read_text() == "epoch,mine\n" and json.loads((tmp_path / "c" / "config.json").read_text()) == {"name": "my experiment"}
+    # temporary folders a killed run left behind are cleared when the run resumes
+    stale = tmp_path / "u" / "checkpoints" / ".last.killed"; (stale / ".adapter.x").mkdir(parents=True)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, run_info=dict(shots="4"), progress=False)
+    assert not stale.exists() and (tmp_path / "u" / "done.json").exists()
 
 
 def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):
@@ -367,7 +381,8 @@ def test_dsd_train_command(tmp_path):
     for bad, msg in ((["--shots", "0"], "shots"), (["--loss", "mse"], "hinge"), (["--lora_layers", "self"], "lora_layers must be one of all, cross"),
                      (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], ""),
                      (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n"), (["--val_n", "100000"], "--val_n must be 0"),
-                     (["--max_minutes", "-1"], "--max_minutes must be a number of minutes >= 0")):
+                     (["--max_minutes", "-1"], "--max_minutes must be a number of minutes >= 0"),
+                     (["--shots", "4_0"], "--shots must be a whole number"), (["--shots", "4.0"], "--shots must be a whole number")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
     (tmp_path / "file").write_text("mine")
@@ -534,3 +549,21 @@ def test_bf16_mixed_precision_then_plain_scoring(shots):
     assert torch.equal(s_p, s_q)  # no autocast left behind on the trained pipeline
     with pytest.raises(DSDInputError, match="fp16 mixed precision needs a GPU"):
         train_prompt(tiny_pipeline(seed=0), shots, config=PromptConfig(mixed_precision="fp16"), progress=False)
+
+
+def test_dsd_train_stops_cleanly_on_sigterm(tmp_path):
+    "A job scheduler's SIGTERM stops `dsd-train` like Ctrl-C: exit 130, the resume hint, no temporary folders left."
+    import signal, time
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    p = subprocess.Popen([_exe("dsd-train"), "--out", str(run), "--model", "tiny-random", "--shots", "4", "--steps", "100000",
+                          "--batch_size", "2", "--val_n", "0", "--ckpt_every", "1", "--lr", "1e-3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while not (run / "checkpoints" / "last" / "trainer_state.pt").exists() and p.poll() is None and time.time() - t0 < 600: time.sleep(0.2)
+    assert p.poll() is None, p.stderr.read()[-2000:]
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "interrupted; run the same command again to resume" in err and "Traceback" not in err, err[-2000:]
+    assert [d.name for d in (run / "checkpoints").iterdir()] == ["last"] and not list(run.glob(".adapter.*"))
+    assert (run / "checkpoints" / "last" / "trainer_state.pt").exists() and not (run / "done.json").exists()

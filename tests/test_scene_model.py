@@ -128,6 +128,10 @@ def test_scene_sd_resume_must_match_its_settings(tmp_path):
     for bad, msg in ((dict(max_minutes=-1), "max_minutes must be a number of minutes >= 0"), (dict(max_minutes=float("nan")), "max_minutes must be")):
         with pytest.raises(DSDInputError, match=msg): train_scene_sd(tmp_path / "y", **kw, **bad)
     with pytest.raises(DSDInputError, match="is a file"): train_scene_sd(tmp_path / "file", **kw)
+    with pytest.raises(DSDInputError, match="cannot make the output folder"): train_scene_sd(tmp_path / "file" / "sub", **kw)
+    for damaged in ("{not json", "[1, 2]"):
+        (tmp_path / "z").mkdir(exist_ok=True); (tmp_path / "z" / "settings.json").write_text(damaged)
+        with pytest.raises(DSDInputError, match="damaged or not a settings file"): train_scene_sd(tmp_path / "z", **kw)
     assert not (tmp_path / "y").exists() and (tmp_path / "file").read_text() == "mine"
 
 

@@ -97,7 +97,7 @@ def test_scene_example_and_command(tmp_path, monkeypatch):
 
 
 def test_dsd_scene_command_files(tmp_path):
-    import subprocess, sys, shutil
+    import os, subprocess, sys, shutil
     from pathlib import Path
     exe = Path(sys.executable).parent / "dsd-scene"
     exe = str(exe) if exe.exists() else shutil.which("dsd-scene")
@@ -118,6 +118,14 @@ def test_dsd_scene_command_files(tmp_path):
         r = run("--out", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert (tmp_path / "c.txt").read_text().splitlines() == caps and not (tmp_path / "t.png").exists()
+    r = run("--out", tmp_path / "x.xpm")  # a format Pillow reads but cannot write
+    assert r.returncode == 2 and "ending in .png or .jpg" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    if os.path.isdir("/proc"):  # a folder no one can create files in, root included
+        r = run("--out", "/proc/s.png", "--captions_out", tmp_path / "c.txt")
+        assert r.returncode == 2 and "cannot write '/proc/s.png'" in r.stderr and ".tmp" not in r.stderr, r.stderr
+        assert (tmp_path / "c.txt").read_text().splitlines() == caps  # the image failed first: the captions file is untouched
+    r = run("--out", tmp_path / "s.png", "--captions_out", os.devnull)
+    assert r.returncode == 0 and not os.path.isfile(os.devnull)
 
 
 def test_scene_example_and_render_bounds():
