@@ -17,8 +17,7 @@ scenes (order and relation, t2i), each on the 10-step grid with fixed noise bank
 training draws). `--kinds order --direction t2i` trains on order negatives only; `--t0 500` draws training
 timesteps from 500..999 only (where layout is decided); `--mirror` adds each shot mirrored left-right with
 "left" and "right" swapped in its captions (256 examples from 128 scenes); `--full` fine-tunes every UNet weight
-instead of a LoRA; `--layers wide --rank 8` puts the LoRA on every convolution and feed-forward of the UNet's
-blocks as well as on the attention projections.
+instead of a LoRA.
 
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps
     HF_HUB_OFFLINE=1 python bench/order_probe.py generate
@@ -96,14 +95,6 @@ def learn(pipe, a):
     val = scene_ranking_examples("val", 100, seed=0, direction="t2i", kinds=("order", "relation"))
     if a.full:  # every UNet weight trains, no adapter
         pipe.unet.requires_grad_(True); params = [p for p in pipe.unet.parameters()]
-    elif a.layers == "wide":  # LoRA on the attention projections, the feed-forwards and every convolution of the UNet's blocks
-        from peft import LoraConfig
-        from dsd_nb.prompt_learning import _add_adapter
-        pipe.unet.requires_grad_(False)
-        target = r".*(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)|proj_in|proj_out|resnets\.\d+\.(conv1|conv2|conv_shortcut))$"
-        torch.manual_seed(a.seed)
-        _add_adapter(pipe.unet, LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian", target_modules=target), "default")
-        pipe.unet.set_adapter("default"); params = lora_parameters(pipe.unet)
     else:
         add_lora(pipe, "default", a.rank, None, a.layers, seed=a.seed)
         params = lora_parameters(pipe.unet)
@@ -141,7 +132,7 @@ def main():
     ap.add_argument("--mirror", action="store_true"); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval", type=int, default=100); ap.add_argument("--tag", default="")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--shots", type=int, default=128); ap.add_argument("--layers", default="all", choices=("all", "cross", "wide"))
+    ap.add_argument("--shots", type=int, default=128); ap.add_argument("--layers", default="all", choices=("all", "cross"))
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--full", action="store_true", help="fine-tune every UNet weight instead of a LoRA")
     a = ap.parse_args()
