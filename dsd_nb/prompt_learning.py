@@ -19,7 +19,7 @@ from .scoring import DSDScorer, MODES, encode_captions
 from .scenes import NEG_KINDS, SPLITS, sample_examples, negative, negative_scene, render, split_allowed, read_comvg
 
 # %% auto #0
-__all__ = ['LORA_PROJECTIONS', 'SOFT_PROMPT_KEY', 'MAX_VAL_N', 'RankingExample', 'scene_ranking_examples',
+__all__ = ['LORA_PROJECTIONS', 'SOFT_PROMPT_KEY', 'MAX_VAL_N', 'MAX_SHOTS', 'RankingExample', 'scene_ranking_examples',
            'comvg_ranking_examples', 'few_shot', 'lora_config', 'add_lora', 'lora_parameters', 'use_adapter',
            'soft_prompt', 'add_soft_prompt', 'remove_soft_prompt', 'save_soft_prompt', 'load_soft_prompt',
            'example_generator', 'ranking_scores', 'ranking_loss', 'save_adapter', 'reference_lora_shapes',
@@ -414,6 +414,7 @@ def _check_config(c:PromptConfig):
     if c.soft_tokens > 75: raise DSDInputError(f"soft_tokens must be at most 75 (a caption and its start and end tokens need the rest of the 77 positions); got {c.soft_tokens}")
     if c.val_steps is not None and (isinstance(c.val_steps, bool) or not isinstance(c.val_steps, int) or c.val_steps < 1):
         raise DSDInputError(f"val_steps must be None or a positive integer; got {c.val_steps!r}")
+    if c.val_steps is not None and c.val_steps > 1000: raise DSDInputError(f"val_steps (the validation grid's timesteps) must be at most 1000; got {c.val_steps}")
     if c.val_seeds is not None:
         if not isinstance(c.val_seeds, (list, tuple)) or not c.val_seeds:
             raise DSDInputError(f"val_seeds must be None or a non-empty list of seeds, like [0, 1, 2]; got {c.val_seeds!r}")
@@ -577,7 +578,10 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             try:
                 old = json.loads(cfg_path.read_text())
                 if not isinstance(old, dict): raise ValueError(f"it holds a {type(old).__name__}, not the settings")
-            except ValueError as e:
+            except (ValueError, OSError) as e:
+                if not (out / "checkpoints").is_dir():  # not a run of ours that was damaged, but someone's own file
+                    raise DSDInputError(f"{cfg_path} is not the settings of a dsd-train run ({e}): choose another folder, "
+                                        "so that nothing of yours is replaced") from None
                 if not overwrite: raise DSDInputError(f"{cfg_path} is damaged ({e}): pass overwrite=True (--overwrite) to start over, or use another folder") from None
                 old = settings
             if not {"steps", "lr", "batch_size"} <= old.keys() and not (_state_path(out) / "trainer_state.pt").exists():
@@ -591,7 +595,10 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                                     "to resume it, pass overwrite=True (--overwrite) to replace it, or use another folder")
             if diff or old is settings: clear()  # replaced: an unfinished run of other settings, or a damaged one
         if not cfg_path.exists(): write_atomic(cfg_path, json.dumps(settings, indent=1))
-        for tmp in [*(out / "checkpoints").glob(".last.*"), *out.glob(".adapter.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        ck = out / "checkpoints"
+        if not (ck / "last").exists() and sorted(ck.glob(".last.old.*")):  # killed between the two renames of a checkpoint swap
+            sorted(ck.glob(".last.old.*"))[-1].rename(ck / "last")
+        for tmp in [*ck.glob(".last.*"), *out.glob(".adapter.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)  # a new run may use another precision; keeps the process group
     acc = Accelerator(mixed_precision=c.mixed_precision, cpu=pipe.device.type == "cpu",
@@ -679,6 +686,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
 from fastcore.script import call_parse, Param, store_true
 
 MAX_VAL_N = 10_000  # validation examples: more would take longer than the training they check
+MAX_SHOTS = 20_000  # training examples drawn for --shots (the scene pool is rendered up front)
 
 @call_parse
 def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ or soft_prompt.safetensors); required", str)=None,
@@ -721,6 +729,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if re.fullmatch(r"\d+", shots.strip()): k = int(shots)
         elif re.fullmatch(r"\d*\.\d+", shots.strip()) and 0 < float(shots) <= 1: k = float(shots)
         else: raise DSDInputError(f"--shots must be a whole number of examples like 32, or a fraction of the pool in (0, 1] like 0.05; got {shots!r}")
+        if isinstance(k, int) and k > MAX_SHOTS: raise DSDInputError(f"--shots must be at most {MAX_SHOTS} (few-shot learning; the pool is drawn first), got {k}")
         if not 0 <= val_n <= MAX_VAL_N: raise DSDInputError(f"--val_n must be 0 (no validation) to {MAX_VAL_N}, got {val_n}")
         if max_minutes is not None and not max_minutes >= 0: raise DSDInputError(f"--max_minutes must be a number of minutes >= 0 (0: stop after the first step), got {max_minutes}")
         if (val_seeds is not None or val_steps is not None) and (val_n == 0 or dataset != "scene"):
@@ -745,7 +754,10 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
     except (DSDInputError, ValueError, OSError) as e:
         sys.stderr.write(f"dsd-train: error: {e}\n"); sys.exit(2)
     except KeyboardInterrupt:
-        sys.stderr.write(f"dsd-train: interrupted; run the same command again to resume from the last checkpoint in {out}\n"); sys.exit(130)
+        if (_state_path(out) / "trainer_state.pt").exists():
+            sys.stderr.write(f"dsd-train: interrupted; run the same command again to resume from the last checkpoint in {out}\n")
+        else: sys.stderr.write("dsd-train: interrupted before the first checkpoint; the same command starts the run again\n")
+        sys.exit(130)
     last = df.iloc[-1].to_dict() if len(df) else {}
     done = (Path(out) / "done.json").exists()
     lines = [("finished" if done else "stopped (run the same command again to resume)") + f": step {int(last.get('step', 0))}, "

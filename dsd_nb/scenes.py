@@ -14,9 +14,10 @@ from .core import DSDInputError, write_atomic, print_stdout
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'RELATIONS', 'INVERSE', 'BACKGROUND', 'NEG_KINDS', 'HELD_OUT_PAIRS', 'SPLITS',
-           'COMVG_COLUMNS', 'MAX_INDEX', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true', 'draw_shape',
-           'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed', 'sample_examples',
-           'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example', 'dsd_scene']
+           'COMVG_COLUMNS', 'MAX_INDEX', 'IMAGE_SUFFIXES', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true',
+           'draw_shape', 'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed',
+           'sample_examples', 'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example',
+           'dsd_scene']
 
 # %% ../nbs/06_scenes.ipynb #2a26c82d
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
@@ -269,9 +270,13 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
     import pandas as pd
     csv_path = Path(csv_path)
     if not csv_path.is_file(): raise DSDInputError(f"ComVG CSV '{csv_path}' does not exist")
-    df = pd.read_csv(csv_path)
+    try: df = pd.read_csv(csv_path)
+    except (ValueError, UnicodeDecodeError) as e: raise DSDInputError(f"ComVG CSV '{csv_path}' cannot be read as CSV: {e}") from None
     missing = [c for c in COMVG_COLUMNS if c not in df.columns]
     if missing: raise DSDInputError(f"'{csv_path}' is not in ComVG layout: missing columns {missing}")
+    if not len(df): raise DSDInputError(f"ComVG CSV '{csv_path}' holds no rows")
+    bad = [i + 2 for i, s in enumerate(df.sentence) if not isinstance(s, str) or not s.strip()]  # +2: the header is line 1
+    if bad: raise DSDInputError(f"ComVG CSV '{csv_path}' has rows with no sentence (lines {bad[:5]}{' ...' if len(bad) > 5 else ''})")
     images_dir = Path(images_dir) if images_dir else csv_path.parent / "images"
     if ext is None: ext = ".png" if (images_dir / f"{df.pos_image_id.iloc[0]}.png").exists() else ".jpg"
     df["pos_path"] = [str(images_dir / f"{i}{ext}") for i in df.pos_image_id]
@@ -366,8 +371,11 @@ def scene_example(split:str="test", index:int=0, seed:int=0)->tuple: # (scene, t
     negs = [(k, negative(cap, scene, k, rng)) for k in NEG_KINDS]
     return scene, cap, [(k, c) for k, c in negs if c is not None]
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # formats `dsd-score` reads back
+
 def _check_out_file(path, flag, example):
     p = Path(path)
+    if str(path).endswith(("/", os.sep)): raise DSDInputError(f"{flag} {path} ends in '/': give a file name such as {example}")
     if p.is_dir(): raise DSDInputError(f"{flag} {path} is a folder: give a file name such as {example}")
     if not p.parent.is_dir(): raise DSDInputError(f"{flag} {path}: folder '{p.parent}' does not exist; create it first")
 
@@ -384,7 +392,8 @@ def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="t
         scene, cap, negs = scene_example(split, index, seed)
         _check_out_file(out, "--out", "scene.png")
         fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
-        if fmt not in PIL.Image.SAVE: raise DSDInputError(f"--out {out}: give an image file name ending in .png or .jpg (the extension picks the format)")
+        if Path(out).suffix.lower() not in IMAGE_SUFFIXES or fmt not in PIL.Image.SAVE:
+            raise DSDInputError(f"--out {out}: give an image file name ending in {', '.join(IMAGE_SUFFIXES)} (the extension picks the format)")
         if captions_out:
             _check_out_file(captions_out, "--captions_out", "captions.txt")
             if Path(captions_out).resolve() == Path(out).resolve():

@@ -3,6 +3,7 @@ checkpoints (ours and the reference's), adapter switching, data-parallel trainin
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -255,15 +256,29 @@ def test_run_folder_protection(tmp_path, shots):
     # a user's own files in the folder are never replaced, not even with overwrite
     (tmp_path / "m").mkdir(); (tmp_path / "m" / "metrics.csv").write_text("epoch,mine\n")
     (tmp_path / "c").mkdir(); (tmp_path / "c" / "config.json").write_text('{"name": "my experiment"}')
-    for folder, msg in (("m", "but no run"), ("c", "not the settings of a dsd-train run")):
+    (tmp_path / "y").mkdir(); (tmp_path / "y" / "config.json").write_text("# my settings\nname: mine"); (tmp_path / "y" / "metrics.csv").write_text("mine")
+    (tmp_path / "l").mkdir(); (tmp_path / "l" / "config.json").write_text("[1, 2]")
+    (tmp_path / "k" / "config.json").mkdir(parents=True)
+    for folder, msg in (("m", "but no run"), ("c", "not the settings of a dsd-train run"), ("y", "not the settings of a dsd-train run"),
+                        ("l", "not the settings of a dsd-train run"), ("k", "not the settings of a dsd-train run")):
         for ow in (False, True):
             with pytest.raises(DSDInputError, match=msg):
                 train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / folder, config=cfg, overwrite=ow, progress=False)
     assert (tmp_path / "m" / "metrics.csv").read_text() == "epoch,mine\n" and json.loads((tmp_path / "c" / "config.json").read_text()) == {"name": "my experiment"}
-    # temporary folders a killed run left behind are cleared when the run resumes
-    stale = tmp_path / "u" / "checkpoints" / ".last.killed"; (stale / ".adapter.x").mkdir(parents=True)
+    assert (tmp_path / "y" / "config.json").read_text() == "# my settings\nname: mine" and (tmp_path / "y" / "metrics.csv").read_text() == "mine"
+    with pytest.raises(DSDInputError, match="val_steps .* at most 1000"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "w", config=PromptConfig(val_steps=1001), progress=False)
+    assert not (tmp_path / "w").exists()  # refused before anything is written
+    # temporary folders a killed run left behind are cleared when the run resumes; a run killed in the middle of
+    # swapping its checkpoint folders (last renamed aside, the new one not yet in place) resumes from the old one
+    ck = tmp_path / "u" / "checkpoints"
+    log = json.loads((ck / "last" / "log.json").read_text()); log[0]["loss"] = 123.0  # a marker: seen only if this checkpoint is resumed
+    (ck / "last" / "log.json").write_text(json.dumps(log))
+    (ck / "last").rename(ck / ".last.old.123")
+    stale = ck / ".last.killed"; (stale / ".adapter.x").mkdir(parents=True)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, run_info=dict(shots="4"), progress=False)
-    assert not stale.exists() and (tmp_path / "u" / "done.json").exists()
+    assert not stale.exists() and (tmp_path / "u" / "done.json").exists() and not list(ck.glob(".last.*"))
+    m = pd.read_csv(tmp_path / "u" / "metrics.csv")
+    assert m.step.tolist() == [1, 2] and m.loss[0] == 123.0  # resumed after step 1 from the set-aside checkpoint, not started over
 
 
 def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):
@@ -382,7 +397,8 @@ def test_dsd_train_command(tmp_path):
                      (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], ""),
                      (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n"), (["--val_n", "100000"], "--val_n must be 0"),
                      (["--max_minutes", "-1"], "--max_minutes must be a number of minutes >= 0"),
-                     (["--shots", "4_0"], "--shots must be a whole number"), (["--shots", "4.0"], "--shots must be a whole number")):
+                     (["--shots", "4_0"], "--shots must be a whole number"), (["--shots", "4.0"], "--shots must be a whole number"),
+                     (["--shots", "100000000"], "--shots must be at most")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
     (tmp_path / "file").write_text("mine")
@@ -535,6 +551,12 @@ def test_comvg_examples(tmp_path):
     ex = comvg_ranking_examples(write_comvg(tmp_path / "c", split="fewshot", n=2) / "comvg.csv")
     assert ex and all(e.direction == "t2i" and e.n_candidates == 2 and Path(e.images[1]).exists() for e in ex)
     with pytest.raises(DSDInputError, match="does not exist"): comvg_ranking_examples(tmp_path / "none.csv")
+    df = pd.read_csv(tmp_path / "c" / "comvg.csv")
+    df.iloc[:0].to_csv(tmp_path / "c" / "header.csv", index=False)
+    df.assign(sentence=[""] + list(df.sentence[1:])).to_csv(tmp_path / "c" / "nosentence.csv", index=False)
+    (tmp_path / "c" / "empty.csv").write_text("")
+    for name, msg in (("header.csv", "holds no rows"), ("empty.csv", "cannot be read as CSV"), ("nosentence.csv", r"no sentence \(lines \[2\]\)")):
+        with pytest.raises(DSDInputError, match=msg): comvg_ranking_examples(tmp_path / "c" / name)
 
 
 def test_bf16_mixed_precision_then_plain_scoring(shots):

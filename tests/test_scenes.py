@@ -112,14 +112,17 @@ def test_dsd_scene_command_files(tmp_path):
     (tmp_path / "d").mkdir()
     for args, msg in (((tmp_path / "s.png", "--captions_out", tmp_path / "s.png"), "would overwrite the captions"),
                       ((tmp_path / "no" / "s.png",), "does not exist; create it first"),
-                      ((tmp_path / "s.txt",), "ending in .png or .jpg"),
+                      ((tmp_path / "s.txt",), "ending in .png, .jpg"),
                       ((tmp_path / "d",), "is a folder"),
                       ((tmp_path / "t.png", "--captions_out", tmp_path / "d"), "is a folder")):
         r = run("--out", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert (tmp_path / "c.txt").read_text().splitlines() == caps and not (tmp_path / "t.png").exists()
-    r = run("--out", tmp_path / "x.xpm")  # a format Pillow reads but cannot write
-    assert r.returncode == 2 and "ending in .png or .jpg" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for bad, msg in (("x.xpm", "ending in .png, .jpg"), ("x.eps", "ending in .png, .jpg"), ("x.pbm", "ending in .png, .jpg"),
+                     ("x.png/", "ends in '/'")):  # formats Pillow cannot write, or that dsd-score cannot read back; a folder-like name
+        r = run("--out", f"{tmp_path}/{bad}")  # (a Path would drop the trailing '/')
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not list(tmp_path.glob("x.*"))
     if os.path.isdir("/proc"):  # a folder no one can create files in, root included
         r = run("--out", "/proc/s.png", "--captions_out", tmp_path / "c.txt")
         assert r.returncode == 2 and "cannot write '/proc/s.png'" in r.stderr and ".tmp" not in r.stderr, r.stderr
