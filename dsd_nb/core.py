@@ -125,10 +125,14 @@ def epsilon_from_prediction(sched:DDPMScheduler, # from `noise_scheduler`
 # %% ../nbs/00_core.ipynb #75846faa
 def replace_dir(tmp, # a finished temporary folder (a sibling of `dest`)
                 dest)->Path: # `dest`, now holding what `tmp` held
-    "Move folder `tmp` to `dest`; an existing `dest` is renamed aside first and removed only after the swap."
+    "Move folder `tmp` to `dest`; an existing `dest` is renamed aside first and removed only after the swap. What it holds gets the usual modes (`mkdtemp` makes private ones)."
     import shutil
     from pathlib import Path
     tmp, dest = Path(tmp), Path(dest)
+    umask = os.umask(0); os.umask(umask)
+    for root, dirs, files in os.walk(tmp):
+        os.chmod(root, 0o777 & ~umask)
+        for f in files: os.chmod(os.path.join(root, f), 0o666 & ~umask)
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old.{os.getpid()}"); dest.rename(old); tmp.rename(dest); shutil.rmtree(old)
     else: tmp.rename(dest)

@@ -730,6 +730,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         elif re.fullmatch(r"\d*\.\d+", shots.strip()) and 0 < float(shots) <= 1: k = float(shots)
         else: raise DSDInputError(f"--shots must be a whole number of examples like 32, or a fraction of the pool in (0, 1] like 0.05; got {shots!r}")
         if isinstance(k, int) and k > MAX_SHOTS: raise DSDInputError(f"--shots must be at most {MAX_SHOTS} (few-shot learning; the pool is drawn first), got {k}")
+        if images_dir is not None and dataset == "scene": raise DSDInputError("--images_dir is the images folder of a ComVG CSV --dataset; the scene world renders its own")
         if not 0 <= val_n <= MAX_VAL_N: raise DSDInputError(f"--val_n must be 0 (no validation) to {MAX_VAL_N}, got {val_n}")
         if max_minutes is not None and not max_minutes >= 0: raise DSDInputError(f"--max_minutes must be a number of minutes >= 0 (0: stop after the first step), got {max_minutes}")
         if (val_seeds is not None or val_steps is not None) and (val_n == 0 or dataset != "scene"):

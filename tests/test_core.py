@@ -239,3 +239,15 @@ def test_print_stdout_into_a_closed_pipe_exits_quietly():
     assert p.returncode == 141 and err == "", (p.returncode, err)
     ok = subprocess.run([sys.executable, "-c", "from dsd_nb.core import print_stdout; print_stdout('a red circle')"], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout == "a red circle\n"
+
+
+def test_replace_dir_gives_the_usual_modes(tmp_path):
+    "Folders made with mkdtemp are private (0700); what replace_dir puts in place has the modes mkdir/open would give."
+    import os, stat, tempfile
+    from pathlib import Path
+    from dsd_nb.core import replace_dir
+    t = Path(tempfile.mkdtemp(dir=tmp_path)); (t / "sub").mkdir(mode=0o700); (t / "sub" / "w.bin").write_bytes(b"1")
+    os.chmod(t / "sub" / "w.bin", 0o600)
+    umask = os.umask(0); os.umask(umask)
+    d = replace_dir(t, tmp_path / "made")
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (d, d / "sub", d / "sub" / "w.bin")] == [0o777 & ~umask, 0o777 & ~umask, 0o666 & ~umask]

@@ -398,7 +398,7 @@ def test_dsd_train_command(tmp_path):
                      (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n"), (["--val_n", "100000"], "--val_n must be 0"),
                      (["--max_minutes", "-1"], "--max_minutes must be a number of minutes >= 0"),
                      (["--shots", "4_0"], "--shots must be a whole number"), (["--shots", "4.0"], "--shots must be a whole number"),
-                     (["--shots", "100000000"], "--shots must be at most")):
+                     (["--shots", "100000000"], "--shots must be at most"), (["--images_dir", "imgs"], "--images_dir is the images folder of a ComVG CSV")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
     (tmp_path / "file").write_text("mine")
