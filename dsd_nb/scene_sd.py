@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, _fork_seed, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup
+from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup, check_seed
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,
@@ -326,6 +326,7 @@ def train_scene_sd(out, # output folder
                    device:str="cpu", # where to train ("cpu", "cuda", "auto", ...; the batches are drawn on the CPU either way)
                    progress:bool=True)->Path|None: # the saved pipeline folder, or None when time ran out first
     "Train the scene-world Stable Diffusion from a seed into `out`; resumes from checkpoints there. Bad settings raise `DSDInputError`."
+    check_seed(seed)
     for k, v in dict(vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch, unet_batch=unet_batch, ground_batch=ground_batch).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise DSDInputError(f"{k} must be a positive integer; got {v!r}")
     if isinstance(ground_steps, bool) or not isinstance(ground_steps, int) or ground_steps < 0: raise DSDInputError(f"ground_steps must be 0 (no stage 3) or more; got {ground_steps!r}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np
 import PIL.Image, PIL.ImageDraw
-from .core import DSDInputError, write_atomic, print_stdout
+from .core import DSDInputError, write_atomic, print_stdout, check_seed
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'RELATIONS', 'INVERSE', 'BACKGROUND', 'NEG_KINDS', 'HELD_OUT_PAIRS', 'SPLITS',
@@ -389,6 +389,8 @@ def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="t
     "Render a scene-world example and print its true caption and hard negatives."
     import sys
     try:
+        check_seed(seed)  # the same seeds as dsd-score and dsd-train
+        if captions_out is not None and not captions_out.strip(): raise DSDInputError("--captions_out is empty: give a file name such as captions.txt, or leave it out")
         scene, cap, negs = scene_example(split, index, seed)
         _check_out_file(out, "--out", "scene.png")
         fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())

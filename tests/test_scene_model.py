@@ -129,6 +129,7 @@ def test_scene_sd_resume_must_match_its_settings(tmp_path):
         with pytest.raises(DSDInputError, match=msg): train_scene_sd(tmp_path / "y", **kw, **bad)
     with pytest.raises(DSDInputError, match="is a file"): train_scene_sd(tmp_path / "file", **kw)
     with pytest.raises(DSDInputError, match="cannot make the output folder"): train_scene_sd(tmp_path / "file" / "sub", **kw)
+    with pytest.raises(DSDInputError, match="seed must be an integer from 0"): train_scene_sd(tmp_path / "s", **{**kw, "seed": -1})
     for damaged in ("{not json", "[1, 2]"):
         (tmp_path / "z").mkdir(exist_ok=True); (tmp_path / "z" / "settings.json").write_text(damaged)
         with pytest.raises(DSDInputError, match="damaged or not a settings file"): train_scene_sd(tmp_path / "z", **kw)

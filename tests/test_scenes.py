@@ -123,6 +123,9 @@ def test_dsd_scene_command_files(tmp_path):
         r = run("--out", f"{tmp_path}/{bad}")  # (a Path would drop the trailing '/')
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not list(tmp_path.glob("x.*"))
+    for args, msg in ((("--seed", "-1"), "seed must be an integer from 0"), (("--captions_out", ""), "--captions_out is empty")):
+        r = run("--out", tmp_path / "y.png", *args)
+        assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "y.png").exists(), r.stderr
     if os.path.isdir("/proc"):  # a folder no one can create files in, root included
         r = run("--out", "/proc/s.png", "--captions_out", tmp_path / "c.txt")
         assert r.returncode == 2 and "cannot write '/proc/s.png'" in r.stderr and ".tmp" not in r.stderr, r.stderr
