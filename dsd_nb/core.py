@@ -11,8 +11,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # %% auto #0
 __all__ = ['MAX_SEED', 'DSDInputError', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed', 'draw_noise',
-           'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir', 'write_atomic', 'print_stdout',
-           'console_setup']
+           'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir', 'check_max_minutes', 'make_folder',
+           'write_atomic', 'print_stdout', 'console_setup']
 
 # %% ../nbs/00_core.ipynb #d19fb132
 class DSDInputError(ValueError):
@@ -137,6 +137,22 @@ def replace_dir(tmp, # a finished temporary folder (a sibling of `dest`)
         old = dest.with_name(f".{dest.name}.old.{os.getpid()}"); dest.rename(old); tmp.rename(dest); shutil.rmtree(old)
     else: tmp.rename(dest)
     return dest
+
+# %% ../nbs/00_core.ipynb #6e50b57d
+def check_max_minutes(max_minutes)->float|None:
+    "A time budget in minutes: None (no limit) or a number >= 0 (0: stop after the first step); raises `DSDInputError` otherwise."
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, numbers.Real) and max_minutes >= 0)):
+        raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
+    return max_minutes
+
+def make_folder(path, what:str="output folder")->Path:
+    "Create folder `path` (and its parents) if needed; `DSDInputError` naming `what` when it is a file or cannot be made."
+    from pathlib import Path
+    path = Path(path)
+    if path.exists() and not path.is_dir(): raise DSDInputError(f"{what} '{path}' is a file: give a folder name")
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise DSDInputError(f"cannot make the {what} '{path}': {e.strerror} (is part of the path a file, or a broken link?)") from None
+    return path
 
 # %% ../nbs/00_core.ipynb #1485d850
 def write_atomic(path, # destination file; its folder must exist

@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout, console_setup
+from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout, console_setup, check_max_minutes, make_folder
 from .attention import AttentionCapture
 from .scoring import DSDScorer, MODES, encode_captions
 from .scenes import NEG_KINDS, SPLITS, sample_examples, negative, negative_scene, render, split_allowed, read_comvg
@@ -183,18 +183,15 @@ def remove_soft_prompt(pipe)->None:
 # %% ../nbs/12_prompt_learning.ipynb #f883d875
 def save_soft_prompt(pipe, path)->Path:
     "Save the attached soft prompt to a safetensors file (`[n, D]` fp32 under key `soft_prompt`), atomically."
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     P = soft_prompt(pipe)
     if P is None: raise DSDInputError("no soft prompt to save: add_soft_prompt(pipe) or train one first")
     if not isinstance(path, (str, os.PathLike)): raise DSDInputError(f"path must be a file path (str or Path); got {type(path).__name__}")
     path = Path(path)
     if path.is_dir(): raise DSDInputError(f"{path} is a folder: give a file path such as {path / 'soft_prompt.safetensors'}")
-    try: path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise DSDInputError(f"cannot make the folder {path.parent}: {e}") from None
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    save_file({"soft_prompt": P.detach().float().cpu().contiguous()}, tmp, metadata={"format": "dsd_nb soft prompt", "position": "after end-of-text token"})
-    os.replace(tmp, path)
-    return path
+    make_folder(path.parent, "folder")
+    return write_atomic(path, save({"soft_prompt": P.detach().float().cpu().contiguous()},
+                                   metadata={"format": "dsd_nb soft prompt", "position": "after end-of-text token"}))
 
 def load_soft_prompt(pipe, path)->torch.nn.Parameter:
     "Attach a soft prompt saved by `save_soft_prompt`; the file must fit the text encoder's embedding width."
@@ -546,11 +543,9 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     from accelerate.utils import DistributedDataParallelKwargs
     c = config or PromptConfig(); _check_config(c)
     if not train: raise DSDInputError("train needs at least one example")
-    if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, (int, float)) and max_minutes >= 0)):
-        raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
+    check_max_minutes(max_minutes)
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise DSDInputError(f"stop_after must be a step from 1 on (or None); got {stop_after!r}")
-    if out is not None and Path(out).exists() and not Path(out).is_dir(): raise DSDInputError(f"run folder '{out}' is a file: give a folder name")
     if c.mixed_precision == "fp16" and pipe.device.type == "cpu": raise DSDInputError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     if c.keep_best and not val: raise DSDInputError("keep_best needs validation examples (val) to choose the best adapter")
     if c.method == "soft_prompt" and soft_prompt(pipe) is not None:
@@ -571,22 +566,19 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
         elif not (out / "config.json").exists() and any((out / f).exists() for f in ("adapter", "soft_prompt.safetensors", "checkpoints", "metrics.csv")):
             raise DSDInputError(f"{out} holds files a run writes (adapter/, soft_prompt.safetensors, checkpoints/ or metrics.csv) but no run: "
                                 "choose another folder, so that nothing of yours is replaced")
-        try: out.mkdir(parents=True, exist_ok=True)
-        except OSError as e: raise DSDInputError(f"cannot make the run folder '{out}': {e.strerror} (is part of the path a file, or a broken link?)") from None
+        make_folder(out, "run folder")
         cfg_path = out / "config.json"
         if cfg_path.exists():
             try:
                 old = json.loads(cfg_path.read_text())
-                if not isinstance(old, dict): raise ValueError(f"it holds a {type(old).__name__}, not the settings")
-            except (ValueError, OSError) as e:
+                why = None if isinstance(old, dict) and {"steps", "lr", "batch_size"} <= old.keys() else "it does not hold a run's settings"
+            except (ValueError, OSError) as e: why = str(e)
+            if why:
                 if not (out / "checkpoints").is_dir():  # not a run of ours that was damaged, but someone's own file
-                    raise DSDInputError(f"{cfg_path} is not the settings of a dsd-train run ({e}): choose another folder, "
-                                        "so that nothing of yours is replaced") from None
-                if not overwrite: raise DSDInputError(f"{cfg_path} is damaged ({e}): pass overwrite=True (--overwrite) to start over, or use another folder") from None
+                    raise DSDInputError(f"{cfg_path} is not the settings of a dsd-train run ({why}): choose another folder, "
+                                        "so that nothing of yours is replaced")
+                if not overwrite: raise DSDInputError(f"{cfg_path} is damaged ({why}): pass overwrite=True (--overwrite) to start over, or use another folder")
                 old = settings
-            if not {"steps", "lr", "batch_size"} <= old.keys() and not (_state_path(out) / "trainer_state.pt").exists():
-                raise DSDInputError(f"{cfg_path} is not the settings of a dsd-train run (it has no steps, lr and batch_size): "
-                                    "choose another folder, so that nothing of yours is replaced")
             unused = {"soft_tokens"} if c.method == "lora" else {"rank", "alpha", "lora_layers"}  # settings the method ignores
             defaults = {**asdict(PromptConfig()), "run": {}}  # a run folder written before a setting existed has its default
             diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
@@ -596,8 +588,8 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             if diff or old is settings: clear()  # replaced: an unfinished run of other settings, or a damaged one
         if not cfg_path.exists(): write_atomic(cfg_path, json.dumps(settings, indent=1))
         ck = out / "checkpoints"
-        if not (ck / "last").exists() and sorted(ck.glob(".last.old.*")):  # killed between the two renames of a checkpoint swap
-            sorted(ck.glob(".last.old.*"))[-1].rename(ck / "last")
+        set_aside = sorted(ck.glob(".last.old.*"))
+        if set_aside and not (ck / "last").exists(): set_aside[-1].rename(ck / "last")  # killed between the two renames of a checkpoint swap
         for tmp in [*ck.glob(".last.*"), *out.glob(".adapter.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)  # a new run may use another precision; keeps the process group
@@ -732,7 +724,8 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if isinstance(k, int) and k > MAX_SHOTS: raise DSDInputError(f"--shots must be at most {MAX_SHOTS} (few-shot learning; the pool is drawn first), got {k}")
         if images_dir is not None and dataset == "scene": raise DSDInputError("--images_dir is the images folder of a ComVG CSV --dataset; the scene world renders its own")
         if not 0 <= val_n <= MAX_VAL_N: raise DSDInputError(f"--val_n must be 0 (no validation) to {MAX_VAL_N}, got {val_n}")
-        if max_minutes is not None and not max_minutes >= 0: raise DSDInputError(f"--max_minutes must be a number of minutes >= 0 (0: stop after the first step), got {max_minutes}")
+        try: check_max_minutes(max_minutes)
+        except DSDInputError as e: raise DSDInputError(f"--{e}") from None  # the flag's name, as the other messages here
         if (val_seeds is not None or val_steps is not None) and (val_n == 0 or dataset != "scene"):
             raise DSDInputError("--val_seeds and --val_steps shape the validation: use them with --val_n > 0 and --dataset scene")
         try: vseeds = [int(x) for x in val_seeds.split(",")] if val_seeds is not None else None

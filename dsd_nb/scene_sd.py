@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, _fork_seed, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup, check_seed
+from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup, check_seed, check_max_minutes, make_folder
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,
@@ -334,15 +334,11 @@ def train_scene_sd(out, # output folder
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise DSDInputError(f"{k} must be a positive finite number; got {v!r}")
     for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items():
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
-    if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, (int, float)) and max_minutes >= 0)):
-        raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
-    if Path(out).exists() and not Path(out).is_dir(): raise DSDInputError(f"output folder '{out}' is a file: give a folder name")
+    check_max_minutes(max_minutes)
     if ground_steps and ground_weight == 0:
         raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
     dev = resolve_device(device)
-    out = Path(out)
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise DSDInputError(f"cannot make the output folder '{out}': {e.strerror} (is part of the path a file, or a broken link?)") from None
+    out = make_folder(out, "output folder")
     settings = dict(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch,
                     unet_batch=unet_batch, unet_lr=unet_lr, ground_steps=ground_steps, ground_batch=ground_batch,
                     ground_lr=ground_lr, ground_weight=ground_weight, ground_text_encoder=ground_text_encoder,
