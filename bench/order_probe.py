@@ -11,6 +11,10 @@ two named objects (colour and shape); of the images where it finds both, the sha
 named axis (horizontal for left/right, vertical for above/below) and the share in the named relation (axis and
 direction: which object is on which side).
 
+`pretrain`: continue the model's own denoising training (epsilon MSE on UNet and text encoder, lr `--lr`, batch
+`--batch`, timesteps `--t0`..999, 10% empty captions, EMA 0.995) on 8000 fresh two-object pretraining scenes for
+`--minutes`, saving the EMA pipeline under `--out` every 10 minutes; `timesteps --model <folder>` then measures it.
+
 `learn`: train a LoRA (all attention layers, or `--layers cross`; rank 4, AdamW, grad clip 1.0) on 128 shots (`--shots`) with our own short loop,
 and every `--eval` steps report the accuracy per kind on 48 of the shots themselves and on the 100 validation
 scenes (order and relation, t2i), each on the 10-step grid with fixed noise banks (100 and 101, not the shots'
@@ -21,6 +25,8 @@ instead of a LoRA.
 
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps
     HF_HUB_OFFLINE=1 python bench/order_probe.py generate
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 24 --t0 300 --lr 1e-4 --batch 64 --out runs/order-pretrain
+    HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps --model runs/order-pretrain/step2000
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --mirror --tag C
@@ -121,9 +127,47 @@ def learn(pipe, a):
         if (step + 1) % a.eval == 0: report(step + 1)
 
 
+def pretrain(pipe, a):
+    "Continue the model's own denoising training (epsilon MSE, UNet + text encoder) on two-object scenes only."
+    import copy, random, torch, torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from dsd_nb.models import save_pipeline
+    from dsd_nb.scene_sd import latent_pool
+    from dsd_nb.scenes import describe
+    unet, te, tok, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the training noise schedule of the recipe (same betas)
+    pool = latent_pool(vae, 8000, seed=11, p_single=0.0, progress=False)  # fresh pretraining-split scenes, two objects each
+    sf, n = vae.config.scaling_factor, len(pool["scenes"])
+    unet.requires_grad_(True); te.requires_grad_(True); unet.train(); te.train()
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    step, losses, t0 = 0, [], time.time()
+    last = t0
+    while time.time() - t0 < a.minutes * 60:
+        rng = random.Random(f"bind-{step}")
+        idx = [rng.randrange(n) for _ in range(a.batch)]
+        caps = ["" if rng.random() < 0.1 else describe(pool["scenes"][i], rng, with_size=0.5).text() for i in idx]
+        g = torch.Generator().manual_seed(step)
+        z0 = pool["mean"][idx] * sf
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(a.t0, 1000, (a.batch,), generator=g)
+        ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        loss = F.mse_loss(unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=te(ids)[0]).sample, noise)
+        opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()): pe.mul_(0.995).add_(p.detach(), alpha=0.005)
+        losses.append(loss.item()); step += 1
+        if step % 50 == 0: print(a.tag, step, f"{time.time() - t0:.0f} s", "loss", round(sum(losses[-50:]) / 50, 5), flush=True)
+        if time.time() - last > 600 or time.time() - t0 >= a.minutes * 60:  # the EMA weights, every 10 minutes and at the end
+            last = time.time(); pipe.unet = ema.eval(); te.eval()
+            save_pipeline(pipe, f"{a.out}/step{step}", overwrite=True)
+            pipe.unet = unet; te.train(); print(a.tag, "saved", f"{a.out}/step{step}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("timesteps", "generate", "learn"))
+    ap.add_argument("probe", choices=("timesteps", "generate", "learn", "pretrain"))
     ap.add_argument("--model", default="scene-sd"); ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--kinds", default="order"); ap.add_argument("--direction", default="t2i")
     ap.add_argument("--steps", type=int, default=300); ap.add_argument("--batch", type=int, default=16)
@@ -135,6 +179,7 @@ def main():
     ap.add_argument("--shots", type=int, default=128); ap.add_argument("--layers", default="all", choices=("all", "cross"))
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--full", action="store_true", help="fine-tune every UNet weight instead of a LoRA")
+    ap.add_argument("--minutes", type=float, default=24); ap.add_argument("--out", default="runs/order-pretrain")
     a = ap.parse_args()
     import torch
     if a.threads: torch.set_num_threads(a.threads)
@@ -142,6 +187,7 @@ def main():
     pipe = load_pipeline(a.model)
     if a.probe == "timesteps": timesteps(pipe, a.n)
     elif a.probe == "generate": generate(pipe, a.n)
+    elif a.probe == "pretrain": pretrain(pipe, a)
     else: learn(pipe, a)
 
 

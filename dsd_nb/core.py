@@ -184,7 +184,7 @@ def write_atomic(path, # destination file; its folder must exist
 
 # %% ../nbs/00_core.ipynb #b924dd88
 def print_stdout(text:str)->None:
-    "Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with status 141 when the reader has closed the pipe."
+    "Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with status 141 when the reader has closed the pipe, and one line naming the command with status 1 on any other write error (a full disk)."
     import sys
     try:
         try: print(text, flush=True)
@@ -195,7 +195,8 @@ def print_stdout(text:str)->None:
         sys.exit(141)
     except OSError as e:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.stderr.write(f"error: cannot write the output: {e.strerror}\n"); sys.exit(1)
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
+        sys.stderr.write(f"{prog}: error: cannot write the output: {e.strerror}\n"); sys.exit(1)
 
 # %% ../nbs/00_core.ipynb #df98a08d
 class _DropWhenReaderGone:

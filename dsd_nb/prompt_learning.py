@@ -721,7 +721,8 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if re.fullmatch(r"\d+", shots.strip()): k = int(shots)
         elif re.fullmatch(r"\d*\.\d+", shots.strip()) and 0 < float(shots) <= 1: k = float(shots)
         else: raise DSDInputError(f"--shots must be a whole number of examples like 32, or a fraction of the pool in (0, 1] like 0.05; got {shots!r}")
-        if isinstance(k, int) and k > MAX_SHOTS: raise DSDInputError(f"--shots must be at most {MAX_SHOTS} (few-shot learning; the pool is drawn first), got {k}")
+        if isinstance(k, int) and not 1 <= k <= MAX_SHOTS:
+            raise DSDInputError(f"--shots must be 1 to {MAX_SHOTS} examples (few-shot learning; the pool is drawn first) or a fraction in (0, 1], got {k}")
         if images_dir is not None and dataset == "scene": raise DSDInputError("--images_dir is the images folder of a ComVG CSV --dataset; the scene world renders its own")
         if not 0 <= val_n <= MAX_VAL_N: raise DSDInputError(f"--val_n must be 0 (no validation) to {MAX_VAL_N}, got {val_n}")
         try: check_max_minutes(max_minutes)
@@ -741,6 +742,10 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, k if isinstance(k, int) else 0), seed=0, direction=direction)
         else: pool = comvg_ranking_examples(dataset, images_dir)
         train = few_shot(pool, k, seed)
+        missing = sorted({p for e in train for p in e.images if isinstance(p, (str, Path)) and not Path(p).is_file()})
+        if missing:  # found before the run folder is touched, not at the first batch
+            raise DSDInputError(f"{len(missing)} image(s) of the chosen shots are missing, e.g. {missing[0]}: "
+                                "put the images there, or point --images_dir at their folder")
         val = scene_ranking_examples("val", val_n, seed=0, direction=direction) if val_n > 0 and dataset == "scene" else None
         pipe = load_pipeline(model, device=device)
         info = dict(dataset=dataset, images_dir=images_dir, shots=str(k), direction=direction, model=model or "default", val_n=val_n)

@@ -1,5 +1,6 @@
 """core: the reference timestep grid (method notes section 2.5), seeded noise, DDPM noising versus the
 reference's Euler path, prediction-type conversion, device and dtype choices."""
+import os
 import pytest
 import torch
 from diffusers import DDPMScheduler, EulerDiscreteScheduler
@@ -229,7 +230,7 @@ def test_stderr_reader_gone_drops_output_not_the_command():
     assert p.returncode == 0 and done.read_text() == "finished"
 
 
-def test_print_stdout_into_a_closed_pipe_exits_quietly():
+def test_print_stdout_into_a_closed_pipe_exits_quietly(tmp_path):
     "`dsd-score ... | head -1`: the reader goes away; the command ends with status 141 and no traceback."
     import subprocess, sys
     code = "import time; from dsd_nb.core import print_stdout; time.sleep(0.5); print_stdout('rank ' * 100000); print('never')"
@@ -239,6 +240,11 @@ def test_print_stdout_into_a_closed_pipe_exits_quietly():
     assert p.returncode == 141 and err == "", (p.returncode, err)
     ok = subprocess.run([sys.executable, "-c", "from dsd_nb.core import print_stdout; print_stdout('a red circle')"], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout == "a red circle\n"
+    if os.path.exists("/dev/full"):  # a full disk: one line that names the command, status 1 (the command's name used to be missing)
+        from pathlib import Path
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([str(Path(sys.executable).parent / "dsd-scene"), "--out", str(Path(tmp_path) / "s.png")], stdout=full, stderr=subprocess.PIPE, text=True)
+        assert r.returncode == 1 and r.stderr == "dsd-scene: error: cannot write the output: No space left on device\n", (r.returncode, r.stderr)
 
 
 def test_replace_dir_gives_the_usual_modes(tmp_path):

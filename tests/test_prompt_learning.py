@@ -398,7 +398,7 @@ def test_dsd_train_command(tmp_path):
                      (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n"), (["--val_n", "100000"], "--val_n must be 0"),
                      (["--max_minutes", "-1"], "--max_minutes must be a number of minutes >= 0"),
                      (["--shots", "4_0"], "--shots must be a whole number"), (["--shots", "4.0"], "--shots must be a whole number"),
-                     (["--shots", "100000000"], "--shots must be at most"), (["--images_dir", "imgs"], "--images_dir is the images folder of a ComVG CSV")):
+                     (["--shots", "100000000"], "--shots must be 1 to 20000"), (["--shots", "0"], "--shots must be 1 to 20000"), (["--images_dir", "imgs"], "--images_dir is the images folder of a ComVG CSV")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
     (tmp_path / "file").write_text("mine")
@@ -557,6 +557,12 @@ def test_comvg_examples(tmp_path):
     (tmp_path / "c" / "empty.csv").write_text("")
     for name, msg in (("header.csv", "holds no rows"), ("empty.csv", "cannot be read as CSV"), ("nosentence.csv", r"no sentence \(lines \[2\]\)")):
         with pytest.raises(DSDInputError, match=msg): comvg_ranking_examples(tmp_path / "c" / name)
+    # dsd-train finds the missing images of its shots before it writes anything (it used to write config.json first)
+    Path(ex[0].images[1]).unlink()
+    r = subprocess.run([_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--dataset", str(tmp_path / "c" / "comvg.csv"),
+                        "--shots", "1.0", "--val_n", "0", "--steps", "1"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 2 and "1 image(s) of the chosen shots are missing" in r.stderr and ex[0].images[1] in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 def test_bf16_mixed_precision_then_plain_scoring(shots):
