@@ -527,6 +527,19 @@ def _write_metrics(log:list, out:Path)->pd.DataFrame:
     return df
 
 # %% ../nbs/12_prompt_learning.ipynb #1230d04e
+def _frozen_extras(pipe, method:str)->dict:
+    "What else is attached and shapes the scores while staying frozen (a soft prompt under a LoRA run, active LoRAs under a soft-prompt run), with a fingerprint of its values."
+    import hashlib
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    print_ = lambda ts: hashlib.sha256(b"".join(t.detach().float().cpu().numpy().tobytes() for t in ts)).hexdigest()[:16]
+    out = {}
+    if method == "lora" and (sp := soft_prompt(pipe)) is not None: out["soft_prompt"] = dict(tokens=int(sp.shape[0]), values=print_([sp]))
+    if method == "soft_prompt":
+        layers = [m for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+        for a in sorted({a for m in layers for a in m.active_adapters}):
+            out.setdefault("unet_adapters", {})[a] = print_([p for n, p in pipe.unet.named_parameters() if f".{a}." in n])
+    return out
+
 def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets adapter `name`
                  train:list, # `RankingExample`s to learn from (the shots)
                  val:list|None=None, # `RankingExample`s for periodic validation
@@ -554,7 +567,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
         raise DSDInputError(f"soft_tokens must be at most {pipe.tokenizer.model_max_length - 2} for this text encoder; got {c.soft_tokens}")
     if c.method == "lora" and name in getattr(pipe.unet, "peft_config", {}):
         raise DSDInputError(f"the UNet already has an adapter named {name!r}: pass another name or load a fresh pipeline")
-    settings = {**asdict(c), "run": run_info or {}}
+    settings = {**asdict(c), "run": run_info or {}, "frozen": _frozen_extras(pipe, c.method)}  # a resume must find the same
     out = Path(out) if out is not None else None
     if out is not None:
         if (out / "done.json").exists() and not overwrite:
@@ -580,7 +593,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                 if not overwrite: raise DSDInputError(f"{cfg_path} is damaged ({why}): pass overwrite=True (--overwrite) to start over, or use another folder")
                 old = settings
             unused = {"soft_tokens"} if c.method == "lora" else {"rank", "alpha", "lora_layers"}  # settings the method ignores
-            defaults = {**asdict(PromptConfig()), "run": {}}  # a run folder written before a setting existed has its default
+            defaults = {**asdict(PromptConfig()), "run": {}, "frozen": {}}  # a run folder written before a setting existed has its default
             diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
             if diff and not overwrite:
                 raise DSDInputError(f"{out} holds an unfinished run with other settings {diff} (old, new): run it with its own settings "

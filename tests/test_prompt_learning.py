@@ -281,6 +281,30 @@ def test_run_folder_protection(tmp_path, shots):
     assert m.step.tolist() == [1, 2] and m.loss[0] == 123.0  # resumed after step 1 from the set-aside checkpoint, not started over
 
 
+def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
+    "A soft prompt under a LoRA run (or a LoRA under a soft-prompt run) shapes the scores: config.json records it, and a resume without it is refused."
+    cfg = PromptConfig(**{**CFG, "steps": 4})
+    p = tiny_pipeline(seed=0); add_soft_prompt(p, 2, init=torch.randn(2, p.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(0)))
+    train_prompt(p, shots, out=tmp_path / "l", config=cfg, stop_after=1, progress=False)
+    frozen = json.loads((tmp_path / "l" / "config.json").read_text())["frozen"]
+    assert frozen["soft_prompt"]["tokens"] == 2 and len(frozen["soft_prompt"]["values"]) == 16
+    assert not soft_prompt(p).requires_grad  # it stayed frozen under the LoRA
+    with pytest.raises(DSDInputError, match="other settings.*frozen"):  # resumed on a bare pipeline: it used to continue silently
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "l", config=cfg, progress=False)
+    q = tiny_pipeline(seed=0); add_soft_prompt(q, 2, init=soft_prompt(p).detach().clone())
+    train_prompt(q, shots, out=tmp_path / "l", config=cfg, progress=False)  # the same soft prompt: resumes
+    assert (tmp_path / "l" / "done.json").exists()
+    # a soft-prompt run records the active LoRA it trains under
+    r = tiny_pipeline(seed=0); add_lora(r, "base", seed=3)
+    sp = PromptConfig(**{**CFG, "steps": 2, "method": "soft_prompt", "soft_tokens": 2})
+    train_prompt(r, shots, out=tmp_path / "s", config=sp, stop_after=1, progress=False)
+    assert list(json.loads((tmp_path / "s" / "config.json").read_text())["frozen"]["unet_adapters"]) == ["base"]
+    with pytest.raises(DSDInputError, match="other settings.*frozen"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=sp, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "b", config=PromptConfig(**{**CFG, "steps": 1}), progress=False)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["frozen"] == {}  # nothing else attached
+
+
 def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):
     add_lora(fresh_pipe, "a", rank=2, alpha=8.0); _perturb(fresh_pipe, "a")
     save_adapter(fresh_pipe, tmp_path / "ad", "a")
