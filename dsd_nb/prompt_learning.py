@@ -531,13 +531,13 @@ def _frozen_extras(pipe, method:str)->dict:
     "What else is attached and shapes the scores while staying frozen (a soft prompt under a LoRA run, active LoRAs under a soft-prompt run), with a fingerprint of its values."
     import hashlib
     from peft.tuners.tuners_utils import BaseTunerLayer
-    print_ = lambda ts: hashlib.sha256(b"".join(t.detach().float().cpu().numpy().tobytes() for t in ts)).hexdigest()[:16]
+    fingerprint = lambda ts: hashlib.sha256(b"".join(t.detach().float().cpu().numpy().tobytes() for t in ts)).hexdigest()[:16]
     out = {}
-    if method == "lora" and (sp := soft_prompt(pipe)) is not None: out["soft_prompt"] = dict(tokens=int(sp.shape[0]), values=print_([sp]))
+    if method == "lora" and (sp := soft_prompt(pipe)) is not None: out["soft_prompt"] = dict(tokens=int(sp.shape[0]), values=fingerprint([sp]))
     if method == "soft_prompt":
         layers = [m for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
         for a in sorted({a for m in layers for a in m.active_adapters}):
-            out.setdefault("unet_adapters", {})[a] = print_([p for n, p in pipe.unet.named_parameters() if f".{a}." in n])
+            out.setdefault("unet_adapters", {})[a] = fingerprint([p for n, p in pipe.unet.named_parameters() if f".{a}." in n])
     return out
 
 def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets adapter `name`
@@ -755,7 +755,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, k if isinstance(k, int) else 0), seed=0, direction=direction)
         else: pool = comvg_ranking_examples(dataset, images_dir)
         train = few_shot(pool, k, seed)
-        missing = sorted({p for e in train for p in e.images if isinstance(p, (str, Path)) and not Path(p).is_file()})
+        missing = sorted({str(p) for e in train for p in e.images if isinstance(p, (str, Path)) and not Path(p).is_file()})
         if missing:  # found before the run folder is touched, not at the first batch
             raise DSDInputError(f"{len(missing)} image(s) of the chosen shots are missing, e.g. {missing[0]}: "
                                 "put the images there, or point --images_dir at their folder")
