@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Can a few shots teach the default model word order? Two probes behind `13_few_shot_experiment`'s finding.
+"""Can a few shots teach the default model word order? The probes behind `13_few_shot_experiment`'s finding.
 
 `timesteps`: the unchanged model's accuracy on text-to-image order and relation negatives of 100 validation
 scenes, per timestep of the 10-step DSD grid and per score term (the total, the attention log-sum-exp term,
@@ -15,18 +15,26 @@ direction: which object is on which side).
 `--batch`, timesteps `--t0`..999, 10% empty captions, EMA 0.995) on 8000 fresh two-object pretraining scenes for
 `--minutes`, saving the EMA pipeline under `--out` every 10 minutes; `timesteps --model <folder>` then measures it.
 
+`words`: does the model read a caption's direction? For 60 validation scenes, the mean squared change of the text
+embedding and of the noise prediction (timesteps 589, 789, 989, the true image noised) when the caption's subject
+and object are swapped, its relation word is replaced by the opposite one (left <-> right, above <-> below), by one
+on the other axis (left of -> above), or the object's colour is changed; each relative to the axis change. Plus the
+cosine between the token embeddings of opposite relation words.
+
 `learn`: train a LoRA (all attention layers, or `--layers cross`; rank 4, AdamW, grad clip 1.0) on 128 shots (`--shots`) with our own short loop,
 and every `--eval` steps report the accuracy per kind on 48 of the shots themselves and on the 100 validation
 scenes (order and relation, t2i), each on the 10-step grid with fixed noise banks (100 and 101, not the shots'
 training draws). `--kinds order --direction t2i` trains on order negatives only; `--t0 500` draws training
 timesteps from 500..999 only (where layout is decided); `--mirror` adds each shot mirrored left-right with
 "left" and "right" swapped in its captions (256 examples from 128 scenes); `--full` fine-tunes every UNet weight
-instead of a LoRA.
+instead of a LoRA; `--text_lora` adds a LoRA on the text encoder's attention and MLP projections, trained with the
+UNet's (captions re-encoded with grad each step).
 
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps
     HF_HUB_OFFLINE=1 python bench/order_probe.py generate
+    HF_HUB_OFFLINE=1 python bench/order_probe.py words --model scene-sd
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 24 --t0 300 --lr 1e-4 --batch 64 --out runs/order-pretrain
-    HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps --model runs/order-pretrain/step2000
+    HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps --model runs/order-pretrain/step<N>  # N: the last step saved
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --mirror --tag C
@@ -34,6 +42,7 @@ instead of a LoRA.
         --kinds subject,object,relation,attribute_swap,order --tag D
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --tag E
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --full --lr 1e-4 --tag F
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --text_lora --tag J
 
 Results: bench/RESULTS.md, "Can few shots teach word order?".
 """
@@ -87,6 +96,45 @@ def generate(pipe, n:int):
               + ", ".join(f"{r} {k}/{n}" for r, (n, k) in per.items()), flush=True)
 
 
+def words(pipe, n:int):
+    "How much the text embedding and the noise prediction move when one part of a true two-object caption changes."
+    import dataclasses, numpy as np, torch
+    from dsd_nb.scenes import sample_examples, render, Caption, COLOURS
+    unet, te, tok, vae, sched = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, pipe.scheduler
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    other_axis = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}
+    enc = lambda cs: te(tok(cs, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids)[0]
+    kinds = ("swap", "flip", "axis", "colour")
+    eps_d, text_d, flip_by_axis = {k: [] for k in kinds}, {k: [] for k in kinds}, {"left/right": [], "above/below": []}
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for scene, c in list(sample_examples("val", n, seed=0, p_single=0.0))[:n]:
+            x = torch.from_numpy(np.array(render(scene, vae.config.sample_size))).permute(2, 0, 1)[None].float() / 127.5 - 1
+            z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+            colour = next(k for k in COLOURS if k not in (c.subject.colour, c.object.colour))
+            caps = [c, Caption(c.object, c.relation, c.subject, c.template),       # subject and object swapped
+                    dataclasses.replace(c, relation=opposite[c.relation]),          # left <-> right, above <-> below
+                    dataclasses.replace(c, relation=other_axis[c.relation]),        # left of -> above, ...
+                    dataclasses.replace(c, object=dataclasses.replace(c.object, colour=colour))]  # the object's colour
+            e = enc([k.text() for k in caps])
+            for k, v in zip(kinds, ((e[1:] - e[:1]) ** 2).mean((1, 2)).tolist()): text_d[k].append(v)
+            for t in (589, 789, 989):
+                tt = torch.tensor([t])
+                x_t = sched.add_noise(z0, torch.randn(z0.shape, generator=g), tt)
+                eps = unet(x_t.repeat(len(caps), 1, 1, 1), tt.repeat(len(caps)), encoder_hidden_states=e).sample
+                d = ((eps[1:] - eps[:1]) ** 2).mean((1, 2, 3))
+                for k, v in zip(kinds, d.tolist()): eps_d[k].append(v)
+                flip_by_axis["left/right" if c.relation in ("left of", "right of") else "above/below"].append(d[1].item() / d[2].item())
+    mean = lambda v: sum(v) / len(v)
+    for name, dd in (("text embedding", text_d), ("noise prediction (t 589, 789, 989)", eps_d)):
+        print(f"{name}: mean squared change relative to an axis change", {k: round(mean(v) / mean(dd["axis"]), 4) for k, v in dd.items()})
+    print("noise prediction, flip relative to axis change, per axis", {k: round(mean(v), 4) for k, v in flip_by_axis.items()})
+    W = te.get_input_embeddings().weight
+    vec = lambda w: W[tok(w, add_special_tokens=False).input_ids[0]]
+    cos = lambda a, b: round(torch.nn.functional.cosine_similarity(vec(a), vec(b), dim=0).item(), 3)
+    print("token embedding cosine", {f"{a}/{b}": cos(a, b) for a, b in (("left", "right"), ("above", "below"), ("over", "under"), ("red", "blue"), ("circle", "square"))})
+
+
 def learn(pipe, a):
     import torch, PIL.ImageOps
     from dsd_nb.scoring import DSDScorer
@@ -104,6 +152,16 @@ def learn(pipe, a):
     else:
         add_lora(pipe, "default", a.rank, None, a.layers, seed=a.seed)
         params = lora_parameters(pipe.unet)
+    if a.text_lora:  # a LoRA on the text encoder too (attention and MLP), trained with the UNet's: captions re-encoded each step, with grad
+        import dsd_nb.prompt_learning as pl
+        from peft import LoraConfig, inject_adapter_in_model
+        torch.manual_seed(a.seed)  # the LoRA's gaussian init
+        inject_adapter_in_model(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
+                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]), pipe.text_encoder)
+        for n, p in pipe.text_encoder.named_parameters(): p.requires_grad_("lora_" in n)
+        params = params + [p for p in pipe.text_encoder.parameters() if p.requires_grad]
+        flag = torch.nn.Parameter(torch.zeros(1))  # ranking_scores encodes captions with grad when the soft prompt trains
+        pl.soft_prompt = lambda p, _pipe=pipe: flag if p is _pipe and torch.is_grad_enabled() else None
     print(a.tag, "trainable parameters", sum(p.numel() for p in params), flush=True)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
     sc = DSDScorer(pipe, seed=a.seed, chunk_size=64)
@@ -167,7 +225,7 @@ def pretrain(pipe, a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("timesteps", "generate", "learn", "pretrain"))
+    ap.add_argument("probe", choices=("timesteps", "generate", "words", "learn", "pretrain"))
     ap.add_argument("--model", default="scene-sd"); ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--kinds", default="order"); ap.add_argument("--direction", default="t2i")
     ap.add_argument("--steps", type=int, default=300); ap.add_argument("--batch", type=int, default=16)
@@ -179,6 +237,7 @@ def main():
     ap.add_argument("--shots", type=int, default=128); ap.add_argument("--layers", default="all", choices=("all", "cross"))
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--full", action="store_true", help="fine-tune every UNet weight instead of a LoRA")
+    ap.add_argument("--text_lora", action="store_true", help="also a LoRA on the text encoder (attention and MLP), trained jointly")
     ap.add_argument("--minutes", type=float, default=24); ap.add_argument("--out", default="runs/order-pretrain")
     a = ap.parse_args()
     import torch
@@ -187,6 +246,7 @@ def main():
     pipe = load_pipeline(a.model)
     if a.probe == "timesteps": timesteps(pipe, a.n)
     elif a.probe == "generate": generate(pipe, a.n)
+    elif a.probe == "words": words(pipe, min(a.n, 60))
     elif a.probe == "pretrain": pretrain(pipe, a)
     else: learn(pipe, a)
 
