@@ -186,6 +186,10 @@ def write_atomic(path, # destination file; its folder must exist
 def print_stdout(text:str)->None:
     "Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with status 141 when the reader has closed the pipe, and one line naming the command with status 1 on any other write error (a full disk)."
     import sys
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
+    if sys.stdout is None:  # started with stdout closed (`cmd >&-`): say so instead of dropping the output
+        if sys.stderr is not None: sys.stderr.write(f"{prog}: error: cannot write the output: standard output is closed\n")
+        sys.exit(1)
     try:
         try: print(text, flush=True)
         except UnicodeEncodeError:
@@ -195,7 +199,6 @@ def print_stdout(text:str)->None:
         sys.exit(141)
     except OSError as e:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
         sys.stderr.write(f"{prog}: error: cannot write the output: {e.strerror}\n"); sys.exit(1)
 
 # %% ../nbs/00_core.ipynb #df98a08d

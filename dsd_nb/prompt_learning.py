@@ -15,6 +15,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout, console_setup, check_max_minutes, make_folder
 from .attention import AttentionCapture
+from .inputs import load_image
 from .scoring import DSDScorer, MODES, encode_captions
 from .scenes import NEG_KINDS, SPLITS, sample_examples, negative, negative_scene, render, split_allowed, read_comvg
 
@@ -593,8 +594,14 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                 if not overwrite: raise DSDInputError(f"{cfg_path} is damaged ({why}): pass overwrite=True (--overwrite) to start over, or use another folder")
                 old = settings
             unused = {"soft_tokens"} if c.method == "lora" else {"rank", "alpha", "lora_layers"}  # settings the method ignores
-            defaults = {**asdict(PromptConfig()), "run": {}, "frozen": {}}  # a run folder written before a setting existed has its default
+            defaults = {**asdict(PromptConfig()), "run": {}}  # a run folder written before a setting existed has its default
+            if "frozen" not in old: unused = unused | {"frozen"}  # written before frozen parts were recorded: unknown, not compared
             diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
+            if set(diff) == {"frozen"} and not overwrite:
+                raise DSDInputError(f"{out} holds an unfinished run trained with other frozen parts attached ({diff['frozen'][0] or 'none'} there, "
+                                    f"{diff['frozen'][1] or 'none'} now; a soft prompt's token count and a fingerprint of its values, or the active "
+                                    "UNet adapters and theirs): attach the same ones (load_soft_prompt, use_adapter) to resume it, "
+                                    "pass overwrite=True (--overwrite) to replace it, or use another folder")
             if diff and not overwrite:
                 raise DSDInputError(f"{out} holds an unfinished run with other settings {diff} (old, new): run it with its own settings "
                                     "to resume it, pass overwrite=True (--overwrite) to replace it, or use another folder")
@@ -754,11 +761,15 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         _check_config(cfg); lora_config(rank, alpha, lora_layers); ranking_loss([torch.zeros(2)], loss)
         if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, k if isinstance(k, int) else 0), seed=0, direction=direction)
         else: pool = comvg_ranking_examples(dataset, images_dir)
+        if isinstance(k, int) and k > len(pool):
+            raise DSDInputError(f"--shots {k} is more than the {len(pool)} examples in {dataset}: give at most {len(pool)}, or a fraction like 0.5")
         train = few_shot(pool, k, seed)
-        missing = sorted({str(p) for e in train for p in e.images if isinstance(p, (str, Path)) and not Path(p).is_file()})
-        if missing:  # found before the run folder is touched, not at the first batch
-            raise DSDInputError(f"{len(missing)} image(s) of the chosen shots are missing, e.g. {missing[0]}: "
-                                "put the images there, or point --images_dir at their folder")
+        bad = []  # the shots' image files, opened before the run folder is touched, not at the first batch
+        for p in sorted({str(p) for e in train for p in e.images if isinstance(p, (str, Path))}):
+            try: load_image(p)
+            except DSDInputError as e: bad.append(str(e))
+        if bad: raise DSDInputError(f"{len(bad)} of the chosen shots' images cannot be used (the first: {bad[0]}): "
+                                    "put the images there, or point --images_dir at their folder")
         val = scene_ranking_examples("val", val_n, seed=0, direction=direction) if val_n > 0 and dataset == "scene" else None
         pipe = load_pipeline(model, device=device)
         info = dict(dataset=dataset, images_dir=images_dir, shots=str(k), direction=direction, model=model or "default", val_n=val_n)

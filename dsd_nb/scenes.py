@@ -5,7 +5,7 @@
 # %% ../nbs/06_scenes.ipynb #62c5115b
 from __future__ import annotations
 import csv, io, json, math, os, random, shutil, tempfile
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np
@@ -266,7 +266,7 @@ def write_comvg(folder, split:str="test", n:int=200, seed:int=0, size:int=64, ki
     return folder
 
 def read_comvg(csv_path, images_dir=None, ext:str|None=None):
-    "Read a ComVG-layout CSV (this world's or real ComVG's) as a DataFrame with `pos_path`/`neg_path` columns."
+    "Read a ComVG-layout CSV (this world's or real ComVG's) as a DataFrame with `pos_path`/`neg_path` columns (`ext` None: each image's own .png, .jpg or .jpeg)."
     import pandas as pd
     csv_path = Path(csv_path)
     if not csv_path.is_file(): raise DSDInputError(f"ComVG CSV '{csv_path}' does not exist")
@@ -278,9 +278,14 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
     bad = [i + 2 for i, s in enumerate(df.sentence) if not isinstance(s, str) or not s.strip()]  # +2: the header is line 1
     if bad: raise DSDInputError(f"ComVG CSV '{csv_path}' has rows with no sentence (lines {bad[:5]}{' ...' if len(bad) > 5 else ''})")
     images_dir = Path(images_dir) if images_dir else csv_path.parent / "images"
-    if ext is None: ext = ".png" if (images_dir / f"{df.pos_image_id.iloc[0]}.png").exists() else ".jpg"
-    df["pos_path"] = [str(images_dir / f"{i}{ext}") for i in df.pos_image_id]
-    df["neg_path"] = [str(images_dir / f"{i}{ext}") for i in df.neg_image_id]
+    if ext is None:  # each image's own extension; a missing image gets the one most others have (.jpg if none is there)
+        def find(i): return next((e for e in (".png", ".jpg", ".jpeg") if (images_dir / f"{i}{e}").is_file()), None)
+        found = {i: find(i) for i in set(df.pos_image_id) | set(df.neg_image_id)}
+        common = Counter(e for e in found.values() if e).most_common(1)
+        path = lambda i: str(images_dir / f"{i}{found[i] or (common[0][0] if common else '.jpg')}")
+    else: path = lambda i: str(images_dir / f"{i}{ext}")
+    df["pos_path"] = [path(i) for i in df.pos_image_id]
+    df["neg_path"] = [path(i) for i in df.neg_image_id]
     return df
 
 def write_i2t(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kinds=NEG_KINDS, overwrite:bool=False)->Path:

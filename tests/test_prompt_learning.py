@@ -289,7 +289,7 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     frozen = json.loads((tmp_path / "l" / "config.json").read_text())["frozen"]
     assert frozen["soft_prompt"]["tokens"] == 2 and len(frozen["soft_prompt"]["values"]) == 16
     assert not soft_prompt(p).requires_grad  # it stayed frozen under the LoRA
-    with pytest.raises(DSDInputError, match="other settings.*frozen"):  # resumed on a bare pipeline: it used to continue silently
+    with pytest.raises(DSDInputError, match="other frozen parts attached"):  # resumed on a bare pipeline: it used to continue silently
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "l", config=cfg, progress=False)
     q = tiny_pipeline(seed=0); add_soft_prompt(q, 2, init=soft_prompt(p).detach().clone())
     train_prompt(q, shots, out=tmp_path / "l", config=cfg, progress=False)  # the same soft prompt: resumes
@@ -299,10 +299,20 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     sp = PromptConfig(**{**CFG, "steps": 2, "method": "soft_prompt", "soft_tokens": 2})
     train_prompt(r, shots, out=tmp_path / "s", config=sp, stop_after=1, progress=False)
     assert list(json.loads((tmp_path / "s" / "config.json").read_text())["frozen"]["unet_adapters"]) == ["base"]
-    with pytest.raises(DSDInputError, match="other settings.*frozen"):
+    with pytest.raises(DSDInputError, match="other frozen parts attached"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=sp, progress=False)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "b", config=PromptConfig(**{**CFG, "steps": 1}), progress=False)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["frozen"] == {}  # nothing else attached
+    # the refusal names what to attach
+    p2 = tiny_pipeline(seed=0); add_soft_prompt(p2, 2, init=soft_prompt(p).detach().clone())
+    train_prompt(p2, shots, out=tmp_path / "m", config=cfg, stop_after=1, progress=False)
+    with pytest.raises(DSDInputError, match=r"other frozen parts attached \(\{'soft_prompt'.*none now.*load_soft_prompt"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "m", config=cfg, progress=False)
+    # a run folder from before frozen parts were recorded: unknown, so not compared (the same soft prompt used to be refused)
+    c = json.loads((tmp_path / "m" / "config.json").read_text()); del c["frozen"]; (tmp_path / "m" / "config.json").write_text(json.dumps(c))
+    q = tiny_pipeline(seed=0); add_soft_prompt(q, 2, init=soft_prompt(p).detach().clone())
+    train_prompt(q, shots, out=tmp_path / "m", config=cfg, progress=False)
+    assert (tmp_path / "m" / "done.json").exists()
 
 
 def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):
@@ -581,11 +591,19 @@ def test_comvg_examples(tmp_path):
     (tmp_path / "c" / "empty.csv").write_text("")
     for name, msg in (("header.csv", "holds no rows"), ("empty.csv", "cannot be read as CSV"), ("nosentence.csv", r"no sentence \(lines \[2\]\)")):
         with pytest.raises(DSDInputError, match=msg): comvg_ranking_examples(tmp_path / "c" / name)
-    # dsd-train finds the missing images of its shots before it writes anything (it used to write config.json first)
-    Path(ex[0].images[1]).unlink()
-    r = subprocess.run([_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--dataset", str(tmp_path / "c" / "comvg.csv"),
-                        "--shots", "1.0", "--val_n", "0", "--steps", "1"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert r.returncode == 2 and "1 image(s) of the chosen shots are missing" in r.stderr and ex[0].images[1] in r.stderr, r.stderr[-2000:]
+    # dsd-train opens the images of its shots before it writes anything (it used to write config.json first)
+    def train(*extra):
+        return subprocess.run([_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--dataset", str(tmp_path / "c" / "comvg.csv"),
+                               "--val_n", "0", "--steps", "1", *extra], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    first = Path(ex[0].images[0]); first.unlink()  # the first row's image: the others keep their own extension (all used to become .jpg)
+    assert [Path(p).suffix for p in comvg_ranking_examples(tmp_path / "c" / "comvg.csv")[1].images] == [".png", ".png"]
+    r = train("--shots", "1.0")
+    assert r.returncode == 2 and "1 of the chosen shots' images cannot be used" in r.stderr and str(first) in r.stderr, r.stderr[-2000:]
+    first.write_bytes(b"")  # an empty file: refused before the run folder is made too
+    r = train("--shots", "1.0")
+    assert r.returncode == 2 and "is empty (0 bytes)" in r.stderr and not (tmp_path / "run").exists(), r.stderr[-2000:]
+    r = train("--shots", "100")  # more shots than the CSV has rows: named with its flag
+    assert r.returncode == 2 and f"--shots 100 is more than the {len(ex)} examples" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
 
