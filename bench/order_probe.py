@@ -14,6 +14,9 @@ direction: which object is on which side).
 `pretrain`: continue the model's own denoising training (epsilon MSE on UNet and text encoder, lr `--lr`, batch
 `--batch`, timesteps `--t0`..999, 10% empty captions, EMA 0.995) on 8000 fresh two-object pretraining scenes for
 `--minutes`, saving the EMA pipeline under `--out` every 10 minutes; `timesteps --model <folder>` then measures it.
+`--absolute P` draws the pool with 30% single objects instead, and captions an off-centre single object (centre
+more than 0.1 from the middle) "a red circle on the left" (or right) with probability P: a meaning for the
+direction words that needs no binding.
 
 `words`: does the model read a caption's direction? For 60 validation scenes, the mean squared change of the text
 embedding and of the noise prediction (timesteps 589, 789, 989, the true image noised) when the caption's subject
@@ -194,7 +197,13 @@ def pretrain(pipe, a):
     from dsd_nb.scenes import describe
     unet, te, tok, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
     sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the training noise schedule of the recipe (same betas)
-    pool = latent_pool(vae, 8000, seed=11, p_single=0.0, progress=False)  # fresh pretraining-split scenes, two objects each
+    pool = latent_pool(vae, 8000, seed=11, p_single=0.3 if a.absolute else 0.0, progress=False)  # fresh pretraining-split scenes
+    def caption(scene, rng):  # with --absolute, a single object left or right of centre is, with that probability, "on the left/right"
+        c = describe(scene, rng, with_size=0.5)
+        x = scene.objects[0].x
+        if len(scene.objects) == 1 and abs(x - 0.5) > 0.1 and rng.random() < a.absolute:
+            return f"a {c.subject.text()} on the {'left' if x < 0.5 else 'right'}".replace("a a", "an a").replace("a o", "an o")
+        return c.text()
     sf, n = vae.config.scaling_factor, len(pool["scenes"])
     unet.requires_grad_(True); te.requires_grad_(True); unet.train(); te.train()
     params = list(unet.parameters()) + list(te.parameters())
@@ -205,7 +214,7 @@ def pretrain(pipe, a):
     while time.time() - t0 < a.minutes * 60:
         rng = random.Random(f"bind-{step}")
         idx = [rng.randrange(n) for _ in range(a.batch)]
-        caps = ["" if rng.random() < 0.1 else describe(pool["scenes"][i], rng, with_size=0.5).text() for i in idx]
+        caps = ["" if rng.random() < 0.1 else caption(pool["scenes"][i], rng) for i in idx]
         g = torch.Generator().manual_seed(step)
         z0 = pool["mean"][idx] * sf
         noise = torch.randn(z0.shape, generator=g)
@@ -238,6 +247,7 @@ def main():
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--full", action="store_true", help="fine-tune every UNet weight instead of a LoRA")
     ap.add_argument("--text_lora", action="store_true", help="also a LoRA on the text encoder (attention and MLP), trained jointly")
+    ap.add_argument("--absolute", type=float, default=0.0, help="pretrain: share of off-centre single objects captioned 'on the left/right'")
     ap.add_argument("--minutes", type=float, default=24); ap.add_argument("--out", default="runs/order-pretrain")
     a = ap.parse_args()
     import torch
