@@ -21,8 +21,9 @@ direction words that needs no binding.
 `words`: does the model read a caption's direction? For 60 validation scenes, the mean squared change of the text
 embedding and of the noise prediction (timesteps 589, 789, 989, the true image noised) when the caption's subject
 and object are swapped, its relation word is replaced by the opposite one (left <-> right, above <-> below), by one
-on the other axis (left of -> above), or the object's colour is changed; each relative to the axis change. Plus the
-cosine between the token embeddings of opposite relation words.
+on the other axis (left of -> above), or the object's colour is changed; each relative to the axis change. Then,
+for 40 single objects well off centre, "a red circle on the left" against "... on the right" (relative to a colour
+change, and which has the lower error). Plus the cosine between the token embeddings of opposite relation words.
 
 `learn`: train a LoRA (all attention layers, or `--layers cross`; rank 4, AdamW, grad clip 1.0) on 128 shots (`--shots`) with our own short loop,
 and every `--eval` steps report the accuracy per kind on 48 of the shots themselves and on the 100 validation
@@ -36,7 +37,9 @@ UNet's (captions re-encoded with grad each step).
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps
     HF_HUB_OFFLINE=1 python bench/order_probe.py generate
     HF_HUB_OFFLINE=1 python bench/order_probe.py words --model scene-sd
-    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 24 --t0 300 --lr 1e-4 --batch 64 --out runs/order-pretrain
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 24 --t0 300 --lr 1e-4 --batch 64 --out runs/order-pretrain --tag H
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 40 --t0 500 --lr 3e-4 --batch 64 --out runs/order-pretrain-I --tag I
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 35 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --out runs/order-pretrain-K --tag K
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps --model runs/order-pretrain/step<N>  # N: the last step saved
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
@@ -132,6 +135,23 @@ def words(pipe, n:int):
     for name, dd in (("text embedding", text_d), ("noise prediction (t 589, 789, 989)", eps_d)):
         print(f"{name}: mean squared change relative to an axis change", {k: round(mean(v) / mean(dd["axis"]), 4) for k, v in dd.items()})
     print("noise prediction, flip relative to axis change, per axis", {k: round(mean(v), 4) for k, v in flip_by_axis.items()})
+    # single objects well off centre: "a red circle on the left" against "... on the right" (and a colour change)
+    singles = [(sc, c) for sc, c in sample_examples("val", 200, seed=0, p_single=1.0) if abs(sc.objects[0].x - 0.5) > 0.15][:40]
+    g, flip, colour_d, true_side = torch.Generator().manual_seed(0), [], [], 0
+    with torch.no_grad():
+        for scene, c in singles:
+            ph, side = c.subject.text(), "left" if scene.objects[0].x < 0.5 else "right"
+            other_colour = "green" if c.subject.colour != "green" else "red"
+            caps = [f"a {ph} on the {side}", f"a {ph} on the {'right' if side == 'left' else 'left'}", f"a {ph.replace(c.subject.colour, other_colour)} on the {side}"]
+            x = torch.from_numpy(np.array(render(scene, vae.config.sample_size))).permute(2, 0, 1)[None].float() / 127.5 - 1
+            z0, e = vae.encode(x).latent_dist.mean * vae.config.scaling_factor, enc(caps)
+            for t in (589, 789, 989):
+                tt, noise = torch.tensor([t]), torch.randn(z0.shape, generator=g)
+                eps = unet(sched.add_noise(z0, noise, tt).repeat(3, 1, 1, 1), tt.repeat(3), encoder_hidden_states=e).sample
+                err = ((eps - noise) ** 2).mean((1, 2, 3)); true_side += int(err[0] < err[1])
+                d = ((eps[1:] - eps[:1]) ** 2).mean((1, 2, 3)); flip.append(d[0].item()); colour_d.append(d[1].item())
+    print(f"single objects 'on the left/right': flip relative to a colour change {sum(flip) / sum(colour_d):.4f}; "
+          f"the true side has the lower error in {true_side} of {3 * len(singles)}")
     W = te.get_input_embeddings().weight
     vec = lambda w: W[tok(w, add_special_tokens=False).input_ids[0]]
     cos = lambda a, b: round(torch.nn.functional.cosine_similarity(vec(a), vec(b), dim=0).item(), 3)
