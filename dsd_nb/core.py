@@ -188,7 +188,7 @@ def print_stdout(text:str)->None:
     import sys
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
     if sys.stdout is None:  # started with stdout closed (`cmd >&-`): say so instead of dropping the output
-        if sys.stderr is not None: sys.stderr.write(f"{prog}: error: cannot write the output: standard output is closed\n")
+        if sys.stderr is not None: sys.stderr.write(f"{prog}: error: cannot write to standard output: it is closed\n")
         sys.exit(1)
     try:
         try: print(text, flush=True)
@@ -199,7 +199,7 @@ def print_stdout(text:str)->None:
         sys.exit(141)
     except OSError as e:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.stderr.write(f"{prog}: error: cannot write the output: {e.strerror}\n"); sys.exit(1)
+        sys.stderr.write(f"{prog}: error: cannot write to standard output: {e.strerror}\n"); sys.exit(1)
 
 # %% ../nbs/00_core.ipynb #df98a08d
 class _DropWhenReaderGone:

@@ -600,7 +600,8 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             if set(diff) == {"frozen"} and not overwrite:
                 raise DSDInputError(f"{out} holds an unfinished run trained with other frozen parts attached ({diff['frozen'][0] or 'none'} there, "
                                     f"{diff['frozen'][1] or 'none'} now; a soft prompt's token count and a fingerprint of its values, or the active "
-                                    "UNet adapters and theirs): attach the same ones (load_soft_prompt, use_adapter) to resume it, "
+                                    "UNet adapters and theirs): attach the same ones (the soft prompt with add_soft_prompt(pipe, n, init=its values) or "
+                                    "load_soft_prompt; adapters with load_lora_weights and use_adapter) to resume it, "
                                     "pass overwrite=True (--overwrite) to replace it, or use another folder")
             if diff and not overwrite:
                 raise DSDInputError(f"{out} holds an unfinished run with other settings {diff} (old, new): run it with its own settings "
@@ -769,7 +770,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
             try: load_image(p)
             except DSDInputError as e: bad.append(str(e))
         if bad: raise DSDInputError(f"{len(bad)} of the chosen shots' images cannot be used (the first: {bad[0]}): "
-                                    "put the images there, or point --images_dir at their folder")
+                                    "put the missing ones there and fix or replace broken ones, or point --images_dir at the right folder")
         val = scene_ranking_examples("val", val_n, seed=0, direction=direction) if val_n > 0 and dataset == "scene" else None
         pipe = load_pipeline(model, device=device)
         info = dict(dataset=dataset, images_dir=images_dir, shots=str(k), direction=direction, model=model or "default", val_n=val_n)

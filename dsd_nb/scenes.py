@@ -266,7 +266,7 @@ def write_comvg(folder, split:str="test", n:int=200, seed:int=0, size:int=64, ki
     return folder
 
 def read_comvg(csv_path, images_dir=None, ext:str|None=None):
-    "Read a ComVG-layout CSV (this world's or real ComVG's) as a DataFrame with `pos_path`/`neg_path` columns (`ext` None: each image's own .png, .jpg or .jpeg)."
+    "Read a ComVG-layout CSV (this world's or real ComVG's) as a DataFrame with `pos_path`/`neg_path` columns (`ext` None: each image's own .png, .jpg or .jpeg, in either case)."
     import pandas as pd
     csv_path = Path(csv_path)
     if not csv_path.is_file(): raise DSDInputError(f"ComVG CSV '{csv_path}' does not exist")
@@ -279,7 +279,7 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
     if bad: raise DSDInputError(f"ComVG CSV '{csv_path}' has rows with no sentence (lines {bad[:5]}{' ...' if len(bad) > 5 else ''})")
     images_dir = Path(images_dir) if images_dir else csv_path.parent / "images"
     if ext is None:  # each image's own extension; a missing image gets the one most others have (.jpg if none is there)
-        def find(i): return next((e for e in (".png", ".jpg", ".jpeg") if (images_dir / f"{i}{e}").is_file()), None)
+        def find(i): return next((e for e in (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG") if (images_dir / f"{i}{e}").is_file()), None)
         found = {i: find(i) for i in set(df.pos_image_id) | set(df.neg_image_id)}
         common = Counter(e for e in found.values() if e).most_common(1)
         path = lambda i: str(images_dir / f"{i}{found[i] or (common[0][0] if common else '.jpg')}")

@@ -244,12 +244,12 @@ def test_print_stdout_into_a_closed_pipe_exits_quietly(tmp_path):
     if os.path.exists("/dev/full"):  # a full disk: one line that names the command, status 1 (the command's name used to be missing)
         with open("/dev/full", "w") as full:
             r = subprocess.run([str(Path(sys.executable).parent / "dsd-scene"), "--out", str(Path(tmp_path) / "s.png")], stdout=full, stderr=subprocess.PIPE, text=True)
-        assert r.returncode == 1 and r.stderr == "dsd-scene: error: cannot write the output: No space left on device\n", (r.returncode, r.stderr)
+        assert r.returncode == 1 and r.stderr == "dsd-scene: error: cannot write to standard output: No space left on device\n", (r.returncode, r.stderr)
     # started with stdout closed (`dsd-scene ... >&-`): it used to exit 0 with the captions silently dropped
     import shlex
     exe, png = shlex.quote(str(Path(sys.executable).parent / "dsd-scene")), shlex.quote(str(Path(tmp_path) / "s2.png"))
     r = subprocess.run(["bash", "-c", f"{exe} --out {png} >&-"], stderr=subprocess.PIPE, text=True)
-    assert r.returncode == 1 and r.stderr.endswith("dsd-scene: error: cannot write the output: standard output is closed\n"), (r.returncode, r.stderr)
+    assert r.returncode == 1 and r.stderr.endswith("dsd-scene: error: cannot write to standard output: it is closed\n"), (r.returncode, r.stderr)
 
 
 def test_replace_dir_gives_the_usual_modes(tmp_path):

@@ -580,7 +580,7 @@ def test_val_seeds_average_fixed_noise_banks(shots):
 
 
 def test_comvg_examples(tmp_path):
-    from dsd_nb.scenes import write_comvg
+    from dsd_nb.scenes import write_comvg, read_comvg
     from dsd_nb.prompt_learning import comvg_ranking_examples
     ex = comvg_ranking_examples(write_comvg(tmp_path / "c", split="fewshot", n=2) / "comvg.csv")
     assert ex and all(e.direction == "t2i" and e.n_candidates == 2 and Path(e.images[1]).exists() for e in ex)
@@ -602,6 +602,10 @@ def test_comvg_examples(tmp_path):
     first.write_bytes(b"")  # an empty file: refused before the run folder is made too
     r = train("--shots", "1.0")
     assert r.returncode == 2 and "is empty (0 bytes)" in r.stderr and not (tmp_path / "run").exists(), r.stderr[-2000:]
+    second = Path(ex[1].images[1]); assert second != first
+    second.rename(second.with_suffix(".PNG"))  # an upper-case extension is found too
+    df = read_comvg(tmp_path / "c" / "comvg.csv")
+    assert str(second.with_suffix(".PNG")) in set(df.pos_path) | set(df.neg_path)
     r = train("--shots", "100")  # more shots than the CSV has rows: named with its flag
     assert r.returncode == 2 and f"--shots 100 is more than the {len(ex)} examples" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "run").exists()
