@@ -209,7 +209,7 @@ def learn(pipe, a):
 
 
 def pretrain(pipe, a):
-    "Continue the model's own denoising training (epsilon MSE, UNet + text encoder) on two-object scenes only."
+    "Continue the model's own denoising training (epsilon MSE, UNet + text encoder) on fresh two-object scenes (with --absolute, 30% single objects)."
     import copy, random, torch, torch.nn.functional as F
     from diffusers import DDPMScheduler
     from dsd_nb.models import save_pipeline
