@@ -109,7 +109,8 @@ def words(pipe, n:int):
     unet, te, tok, vae, sched = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, pipe.scheduler
     opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
     other_axis = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}
-    enc = lambda cs: te(tok(cs, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids)[0]
+    from dsd_nb.scoring import encode_captions
+    enc = lambda cs: encode_captions(tok, te, cs)
     kinds = ("swap", "flip", "axis", "colour")
     eps_d, text_d, flip_by_axis = {k: [] for k in kinds}, {k: [] for k in kinds}, {"left/right": [], "above/below": []}
     g = torch.Generator().manual_seed(0)
@@ -215,6 +216,7 @@ def pretrain(pipe, a):
     from dsd_nb.models import save_pipeline
     from dsd_nb.scene_sd import latent_pool
     from dsd_nb.scenes import describe
+    from dsd_nb.scoring import encode_captions
     unet, te, tok, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
     sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the training noise schedule of the recipe (same betas)
     pool = latent_pool(vae, 8000, seed=11, p_single=0.3 if a.absolute else 0.0, progress=False)  # fresh pretraining-split scenes
@@ -239,8 +241,7 @@ def pretrain(pipe, a):
         z0 = pool["mean"][idx] * sf
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(a.t0, 1000, (a.batch,), generator=g)
-        ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-        loss = F.mse_loss(unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=te(ids)[0]).sample, noise)
+        loss = F.mse_loss(unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=encode_captions(tok, te, caps, grad=True)).sample, noise)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()): pe.mul_(0.995).add_(p.detach(), alpha=0.005)
