@@ -3,7 +3,8 @@
 
 `timesteps`: the unchanged model's accuracy on text-to-image order and relation negatives of 100 validation
 scenes, per timestep of the 10-step DSD grid and per score term (the total, the attention log-sum-exp term,
-the denoising gain, the conditional error alone), with two noise (epsilon) banks.
+the denoising gain, the conditional error alone), with two noise (epsilon) banks, and the total by the caption's
+axis (left/right, above/below).
 
 `generate`: does the unchanged model place the objects of a two-object caption where the caption says? One image per
 true caption of `--n` validation scenes (30 DDIM steps, guidance 2.0 and 4.0, seeded); the scene detector finds the
@@ -16,7 +17,10 @@ direction: which object is on which side).
 `--minutes`, saving the EMA pipeline under `--out` every 10 minutes; `timesteps --model <folder>` then measures it.
 `--absolute P` draws the pool with 30% single objects instead, and captions an off-centre single object (centre
 more than 0.1 from the middle) "a red circle on the left" (or right) with probability P: a meaning for the
-direction words that needs no binding.
+direction words that needs no binding. `--split_words` first moves the token embeddings of "right", "below" and
+"under" away from those of "left", "above" and "over" (a random step as long as the one between "red" and "blue");
+`--freeze_text` then trains the UNet only, so the text encoder cannot merge them again; `--scratch` starts from a
+freshly initialised UNet and text encoder instead of `--model`'s (keeping its VAE and tokenizer).
 
 `words`: does the model read a caption's direction? For 60 validation scenes, the mean squared change of the text
 embedding and of the noise prediction (timesteps 589, 789, 989, the true image noised) when the caption's subject
@@ -40,6 +44,8 @@ UNet's (captions re-encoded with grad each step).
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 24 --t0 300 --lr 1e-4 --batch 64 --out runs/order-pretrain --tag H
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 40 --t0 500 --lr 3e-4 --batch 64 --out runs/order-pretrain-I --tag I
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 35 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --out runs/order-pretrain-K --tag K
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 32 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --split_words --freeze_text --out runs/order-pretrain-L --tag L
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --model runs/order-pretrain-L/step<N> --minutes 40 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --freeze_text --out runs/order-pretrain-L2 --tag L2
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps --model runs/order-pretrain/step<N>  # N: the last step saved
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
@@ -73,6 +79,9 @@ def timesteps(pipe, n:int):
                 per_t = torch.stack([(f(r)[0] > f(r)[j]).float() for r, j in pairs]).mean(0)
                 mean = sum(float(f(r)[0].mean() > f(r)[j].mean()) for r, j in pairs) / len(pairs)
                 print(f"  {name:9s} over the grid {mean:.3f}; per timestep", [round(x, 2) for x in per_t.tolist()], flush=True)
+            horizontal = lambda r: bool(re.search(r"\b(left|right)\b", r.captions[0]))
+            by_axis = {ax: [float(r.scores[0, 0] > r.scores[j, 0]) for r, j in pairs if horizontal(r) == (ax == "left/right")] for ax in ("left/right", "above/below")}
+            print("  total over the grid, by the caption's axis:", {ax: f"{sum(v) / max(len(v), 1):.3f} of {len(v)}" for ax, v in by_axis.items()}, flush=True)
 
 
 def generate(pipe, n:int):
@@ -227,8 +236,21 @@ def pretrain(pipe, a):
             return f"a {c.subject.text()} on the {'left' if x < 0.5 else 'right'}".replace("a a", "an a").replace("a o", "an o")
         return c.text()
     sf, n = vae.config.scaling_factor, len(pool["scenes"])
-    unet.requires_grad_(True); te.requires_grad_(True); unet.train(); te.train()
-    params = list(unet.parameters()) + list(te.parameters())
+    if a.scratch:  # a fresh UNet and text encoder (the recipe's architecture, seed --seed); the VAE and tokenizer stay
+        from dsd_nb.scene_sd import scene_sd_components
+        fresh = scene_sd_components(seed=a.seed)
+        pipe.unet, pipe.text_encoder = unet, te = fresh["unet"], fresh["text_encoder"]
+    if a.split_words:  # give each opposite word its own embedding again: "right", "below", "under" move away from "left", "above", "over"
+        W, g = te.get_input_embeddings().weight, torch.Generator().manual_seed(a.seed)
+        row = lambda w: tok(w, add_special_tokens=False).input_ids[0]
+        with torch.no_grad():
+            scale = (W[row("red")] - W[row("blue")]).norm()  # a step as large as the one between two colours
+            for w in ("right", "below", "under"):
+                r = torch.randn(W.shape[1], generator=g)
+                W[row(w)] += r / r.norm() * scale
+    unet.requires_grad_(True); unet.train()
+    te.requires_grad_(not a.freeze_text); te.train(not a.freeze_text)
+    params = list(unet.parameters()) + ([] if a.freeze_text else list(te.parameters()))
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
     ema = copy.deepcopy(unet).requires_grad_(False)
     step, losses, t0 = 0, [], time.time()
@@ -241,7 +263,7 @@ def pretrain(pipe, a):
         z0 = pool["mean"][idx] * sf
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(a.t0, 1000, (a.batch,), generator=g)
-        loss = F.mse_loss(unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=encode_captions(tok, te, caps, grad=True)).sample, noise)
+        loss = F.mse_loss(unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=encode_captions(tok, te, caps, grad=not a.freeze_text)).sample, noise)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()): pe.mul_(0.995).add_(p.detach(), alpha=0.005)
@@ -250,7 +272,7 @@ def pretrain(pipe, a):
         if time.time() - last > 600 or time.time() - t0 >= a.minutes * 60:  # the EMA weights, every 10 minutes and at the end
             last = time.time(); pipe.unet = ema.eval(); te.eval()
             save_pipeline(pipe, f"{a.out}/step{step}", overwrite=True)
-            pipe.unet = unet; te.train(); print(a.tag, "saved", f"{a.out}/step{step}", flush=True)
+            pipe.unet = unet; te.train(not a.freeze_text); print(a.tag, "saved", f"{a.out}/step{step}", flush=True)
 
 
 def main():
@@ -269,6 +291,9 @@ def main():
     ap.add_argument("--full", action="store_true", help="fine-tune every UNet weight instead of a LoRA")
     ap.add_argument("--text_lora", action="store_true", help="also a LoRA on the text encoder (attention and MLP), trained jointly")
     ap.add_argument("--absolute", type=float, default=0.0, help="pretrain: share of off-centre single objects captioned 'on the left/right'")
+    ap.add_argument("--scratch", action="store_true", help="pretrain: start from a freshly initialised UNet and text encoder (keeps the VAE)")
+    ap.add_argument("--split_words", action="store_true", help="pretrain: first move 'right', 'below', 'under' away from their opposites' token embeddings")
+    ap.add_argument("--freeze_text", action="store_true", help="pretrain: train the UNet only (the text encoder stays as it is)")
     ap.add_argument("--minutes", type=float, default=24); ap.add_argument("--out", default="runs/order-pretrain")
     a = ap.parse_args()
     import torch
