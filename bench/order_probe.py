@@ -46,6 +46,7 @@ UNet's (captions re-encoded with grad each step).
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 35 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --out runs/order-pretrain-K --tag K
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 32 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --split_words --freeze_text --out runs/order-pretrain-L --tag L
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --model runs/order-pretrain-L/step<N> --minutes 40 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --freeze_text --out runs/order-pretrain-L2 --tag L2
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --model runs/order-pretrain-L2/step<N> --minutes 30 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --out runs/order-pretrain-L3 --tag L3
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps --model runs/order-pretrain/step<N>  # N: the last step saved
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
@@ -55,6 +56,7 @@ UNet's (captions re-encoded with grad each step).
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --tag E
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --full --lr 1e-4 --tag F
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --text_lora --tag J
+    HF_HUB_OFFLINE=1 python bench/order_probe.py learn --model runs/order-pretrain-L/step<N> --steps 300 --tag LA
 
 Results: bench/RESULTS.md, "Can few shots teach word order?".
 """
