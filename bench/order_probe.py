@@ -64,6 +64,11 @@ from __future__ import annotations
 import argparse, re, time
 
 
+def token_row(tok, word:str)->int:
+    "The row of a one-token world word in the text encoder's token embedding table."
+    return tok(word, add_special_tokens=False).input_ids[0]
+
+
 def timesteps(pipe, n:int):
     import torch
     from dsd_nb.scoring import DSDScorer
@@ -165,7 +170,7 @@ def words(pipe, n:int):
     print(f"single objects 'on the left/right': flip relative to a colour change {sum(flip) / sum(colour_d):.4f}; "
           f"the true side has the lower error in {true_side} of {3 * len(singles)}")
     W = te.get_input_embeddings().weight
-    vec = lambda w: W[tok(w, add_special_tokens=False).input_ids[0]]
+    vec = lambda w: W[token_row(tok, w)]
     cos = lambda a, b: round(torch.nn.functional.cosine_similarity(vec(a), vec(b), dim=0).item(), 3)
     print("token embedding cosine", {f"{a}/{b}": cos(a, b) for a, b in (("left", "right"), ("above", "below"), ("over", "under"), ("red", "blue"), ("circle", "square"))})
 
@@ -244,12 +249,11 @@ def pretrain(pipe, a):
         pipe.unet, pipe.text_encoder = unet, te = fresh["unet"], fresh["text_encoder"]
     if a.split_words:  # give each opposite word its own embedding again: "right", "below", "under" move away from "left", "above", "over"
         W, g = te.get_input_embeddings().weight, torch.Generator().manual_seed(a.seed)
-        row = lambda w: tok(w, add_special_tokens=False).input_ids[0]
         with torch.no_grad():
-            scale = (W[row("red")] - W[row("blue")]).norm()  # a step as large as the one between two colours
+            scale = (W[token_row(tok, "red")] - W[token_row(tok, "blue")]).norm()  # a step as large as the one between two colours
             for w in ("right", "below", "under"):
                 r = torch.randn(W.shape[1], generator=g)
-                W[row(w)] += r / r.norm() * scale
+                W[token_row(tok, w)] += r / r.norm() * scale
     unet.requires_grad_(True); unet.train()
     te.requires_grad_(not a.freeze_text); te.train(not a.freeze_text)
     params = list(unet.parameters()) + ([] if a.freeze_text else list(te.parameters()))
