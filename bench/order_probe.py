@@ -286,7 +286,8 @@ def main():
     ap.add_argument("probe", choices=("timesteps", "generate", "words", "learn", "pretrain"))
     ap.add_argument("--model", default="scene-sd"); ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--kinds", default="order"); ap.add_argument("--direction", default="t2i")
-    ap.add_argument("--steps", type=int, default=300); ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=300, help="learn: training steps (the other probes use the 10-step DSD grid)")
+    ap.add_argument("--batch", type=int, default=16, help="learn and pretrain: examples per step")
     ap.add_argument("--draws", type=int, default=2); ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--loss", default="ce"); ap.add_argument("--t0", type=int, default=0)
     ap.add_argument("--mirror", action="store_true"); ap.add_argument("--seed", type=int, default=0)
@@ -302,10 +303,14 @@ def main():
     ap.add_argument("--freeze_text", action="store_true", help="pretrain: train the UNet only (the text encoder stays as it is)")
     ap.add_argument("--minutes", type=float, default=24); ap.add_argument("--out", default="runs/order-pretrain")
     a = ap.parse_args()
+    for k in ("n", "steps", "batch", "shots", "eval"):
+        if getattr(a, k) < 1: ap.error(f"--{k} must be 1 or more, got {getattr(a, k)}")
     import torch
     if a.threads: torch.set_num_threads(a.threads)
+    from dsd_nb.core import DSDInputError
     from dsd_nb.models import load_pipeline
-    pipe = load_pipeline(a.model)
+    try: pipe = load_pipeline(a.model)
+    except DSDInputError as e: ap.error(str(e))
     if a.probe == "timesteps": timesteps(pipe, a.n)
     elif a.probe == "generate": generate(pipe, a.n)
     elif a.probe == "words": words(pipe, min(a.n, 60))
