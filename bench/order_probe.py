@@ -151,7 +151,7 @@ def words(pipe, n:int):
     mean = lambda v: sum(v) / len(v)
     for name, dd in (("text embedding", text_d), ("noise prediction (t 589, 789, 989)", eps_d)):
         print(f"{name}: mean squared change relative to an axis change", {k: round(mean(v) / mean(dd["axis"]), 4) for k, v in dd.items()})
-    print("noise prediction, flip relative to axis change, per axis", {k: round(mean(v), 4) for k, v in flip_by_axis.items()})
+    print("noise prediction, flip relative to axis change, per axis", {k: round(mean(v), 4) if v else "no scene" for k, v in flip_by_axis.items()})
     # single objects well off centre: "a red circle on the left" against "... on the right" (and a colour change)
     singles = [(sc, c) for sc, c in sample_examples("val", 200, seed=0, p_single=1.0) if abs(sc.objects[0].x - 0.5) > 0.15][:40]
     g, flip, colour_d, true_side = torch.Generator().manual_seed(0), [], [], 0
