@@ -142,6 +142,10 @@ def sd21_shaped_pipeline(seed:int=0, # seed for all random weights
     return pipe.to(dtype=dtype)
 
 # %% ../nbs/02_models.ipynb #2cf7290a
+def _replace_folder(new:Path, folder:Path):
+    "Put folder `new` in the place of `folder`, which exists: rename the old one aside, rename `new` in, then delete the old one."
+    old = folder.with_name(f".{folder.name}.old.{os.getpid()}"); folder.rename(old); new.rename(folder); shutil.rmtree(old)
+
 def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
                   folder:str|Path, # target folder (diffusers layout); replaced atomically if it exists
                   overwrite:bool=False # replace an existing folder
@@ -153,8 +157,7 @@ def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         with _quiet_loading(): pipe.save_pretrained(tmp, safe_serialization=True)  # no shard-writing progress bar
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old.{os.getpid()}"); folder.rename(old); tmp.rename(folder); shutil.rmtree(old)
+        if folder.exists(): _replace_folder(tmp, folder)
         else: tmp.rename(folder)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
@@ -206,8 +209,14 @@ def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
         return folder
     folder = cache_dir() / f"{name}-seed{spec['kwargs'].get('seed', 0)}-v{spec['version']}"
     if not (folder / "model_index.json").exists():
-        with _quiet_loading(): save_pipeline(spec["builder"](**spec["kwargs"]), folder, overwrite=True)
+        built = folder.with_name(f".{folder.name}.build.{os.getpid()}")
+        with _quiet_loading(): save_pipeline(spec["builder"](**spec["kwargs"]), built, overwrite=True)
+        try: built.rename(folder)  # the first process to finish puts its build in place...
+        except OSError:
+            if (folder / "model_index.json").exists(): shutil.rmtree(built, ignore_errors=True)  # ...and later ones keep it (another may be loading from it)
+            else: _replace_folder(built, folder)  # a broken leftover folder (no model_index.json) is replaced
     return folder
+
 
 # %% ../nbs/02_models.ipynb #238ae131
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
