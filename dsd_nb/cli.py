@@ -26,9 +26,10 @@ def read_captions_file(path:str|Path)->list: # list of str
     "Captions from a UTF-8 text file, one per line; blank lines and '#' comments skipped."
     p = Path(path).expanduser()
     if p.is_dir(): raise DSDInputError(f"captions file '{p}' is a folder, not a text file")
-    if not p.is_file(): raise DSDInputError(f"captions file '{p}' does not exist")
-    try: lines = p.read_text(encoding="utf-8").splitlines()
+    if not p.exists(): raise DSDInputError(f"captions file '{p}' does not exist: check the path")
+    try: lines = p.read_text(encoding="utf-8").splitlines()  # any readable file: a pipe or <(...) too
     except UnicodeDecodeError as e: raise DSDInputError(f"captions file '{p}' is not UTF-8 text") from e
+    except OSError as e: raise DSDInputError(f"captions file '{p}' cannot be read: {e.strerror or e}") from e
     caps = [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]
     if not caps: raise DSDInputError(f"captions file '{p}' holds no captions")
     return caps

@@ -407,8 +407,14 @@ def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="t
                 raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
         buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
         lines = [cap.text()] + [c.text() for _, c in negs]
+        before = Path(out).read_bytes() if Path(out).is_file() else None  # what --out held, put back if the captions fail
         write_atomic(out, buf.getvalue())  # the image first: a failure to write it leaves an existing captions file as it was
-        if captions_out: write_atomic(captions_out, "\n".join(lines) + "\n")
+        if captions_out:
+            try: write_atomic(captions_out, "\n".join(lines) + "\n")
+            except OSError:  # all or nothing: no new image beside a missing captions file
+                if before is None: Path(out).unlink(missing_ok=True)
+                else: write_atomic(out, before)
+                raise
     except (DSDInputError, OSError, ValueError) as e:
         sys.stderr.write(f"dsd-scene: error: {e}\n"); sys.exit(2)
     print_stdout(f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})\n" + "\n".join(lines))

@@ -132,6 +132,12 @@ def test_dsd_scene_command_files(tmp_path):
         assert (tmp_path / "c.txt").read_text().splitlines() == caps  # the image failed first: the captions file is untouched
     r = run("--out", tmp_path / "s.png", "--captions_out", os.devnull)
     assert r.returncode == 0 and not os.path.isfile(os.devnull)
+    if os.path.exists("/dev/full"):  # the captions fail after the image is written: all or nothing
+        r = run("--out", tmp_path / "z.png", "--captions_out", "/dev/full")
+        assert r.returncode == 2 and "cannot write '/dev/full'" in r.stderr and not (tmp_path / "z.png").exists(), r.stderr
+        old_png = (tmp_path / "s.png").read_bytes()
+        r = run("--index", "5", "--out", tmp_path / "s.png", "--captions_out", "/dev/full")
+        assert r.returncode == 2 and (tmp_path / "s.png").read_bytes() == old_png  # an image that was there is put back
 
 
 def test_scene_example_and_render_bounds():
