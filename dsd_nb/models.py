@@ -14,7 +14,7 @@ _tl = _logging.getLogger("transformers.utils.import_utils"); _tl_level = _tl.lev
 _tl.setLevel(_logging.ERROR)  # hide transformers' note that torchvision is absent (its PIL image processors are used; we process no images with them)
 try: from diffusers import AutoencoderKL, UNet2DConditionModel, PNDMScheduler, StableDiffusionPipeline
 finally: _tl.setLevel(_tl_level)
-from .core import DSDInputError, resolve_device, resolve_dtype
+from .core import DSDInputError, resolve_device, resolve_dtype, replace_dir
 
 # %% auto #0
 __all__ = ['DEFAULT_WORDS', 'SD21_UNET_CONFIG', 'SD21_VAE_CONFIG', 'SD21_TEXT_CONFIG', 'BUILTIN_MODELS', 'DEFAULT_MODEL',
@@ -142,10 +142,6 @@ def sd21_shaped_pipeline(seed:int=0, # seed for all random weights
     return pipe.to(dtype=dtype)
 
 # %% ../nbs/02_models.ipynb #2cf7290a
-def _replace_folder(new:Path, folder:Path):
-    "Put folder `new` in the place of `folder`, which exists: rename the old one aside, rename `new` in, then delete the old one."
-    old = folder.with_name(f".{folder.name}.old.{os.getpid()}"); folder.rename(old); new.rename(folder); shutil.rmtree(old)
-
 def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
                   folder:str|Path, # target folder (diffusers layout); replaced atomically if it exists
                   overwrite:bool=False # replace an existing folder
@@ -157,8 +153,7 @@ def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         with _quiet_loading(): pipe.save_pretrained(tmp, safe_serialization=True)  # no shard-writing progress bar
-        if folder.exists(): _replace_folder(tmp, folder)
-        else: tmp.rename(folder)
+        replace_dir(tmp, folder)  # an existing folder is renamed aside first and removed only after the swap
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -214,7 +209,7 @@ def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
         try: built.rename(folder)  # the first process to finish puts its build in place...
         except OSError:
             if (folder / "model_index.json").exists(): shutil.rmtree(built, ignore_errors=True)  # ...and later ones keep it (another may be loading from it)
-            else: _replace_folder(built, folder)  # a broken leftover folder (no model_index.json) is replaced
+            else: replace_dir(built, folder)  # a broken leftover folder (no model_index.json) is replaced
     return folder
 
 
