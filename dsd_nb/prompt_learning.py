@@ -531,15 +531,30 @@ def _write_metrics(log:list, out:Path)->pd.DataFrame:
 def _frozen_extras(pipe, method:str)->dict:
     "What else is attached and shapes the scores while staying frozen (a soft prompt under a LoRA run, active LoRAs under a soft-prompt run), with a fingerprint of its values."
     import hashlib
-    from peft.tuners.tuners_utils import BaseTunerLayer
     fingerprint = lambda ts: hashlib.sha256(b"".join(t.detach().float().cpu().numpy().tobytes() for t in ts)).hexdigest()[:16]
     out = {}
     if method == "lora" and (sp := soft_prompt(pipe)) is not None: out["soft_prompt"] = dict(tokens=int(sp.shape[0]), values=fingerprint([sp]))
     if method == "soft_prompt":
-        layers = [m for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
-        for a in sorted({a for m in layers for a in m.active_adapters}):
+        for a in _active_adapters(pipe.unet):
             out.setdefault("unet_adapters", {})[a] = fingerprint([p for n, p in pipe.unet.named_parameters() if f".{a}." in n])
     return out
+
+def _active_adapters(unet)->list:
+    "Names of the LoRA adapters that are active in the UNet, sorted."
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    return sorted({a for m in layers for a in m.active_adapters})
+
+def _save_frozen(pipe, method:str, folder:Path):
+    "Save the frozen parts `_frozen_extras` records into `folder` (atomically): `soft_prompt.safetensors` under a LoRA run, one adapter folder per active UNet adapter (diffusers layout) under a soft-prompt run."
+    tmp = Path(tempfile.mkdtemp(prefix=".frozen.", dir=folder.parent))
+    try:
+        if method == "lora": save_soft_prompt(pipe, tmp / "soft_prompt.safetensors")
+        else:
+            for a in _active_adapters(pipe.unet): save_adapter(pipe, tmp / a, a)
+        replace_dir(tmp, folder)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets adapter `name`
                  train:list, # `RankingExample`s to learn from (the shots)
@@ -575,9 +590,9 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             raise DSDInputError(f"{out} holds a finished run: pass overwrite=True (--overwrite) to replace it, or choose another folder")
         def clear():  # remove only what a run writes
             for f in ("done.json", "config.json", "metrics.csv", "soft_prompt.safetensors"): (out / f).unlink(missing_ok=True)
-            for d in ("checkpoints", "adapter"): shutil.rmtree(out / d, ignore_errors=True)
+            for d in ("checkpoints", "adapter", "frozen"): shutil.rmtree(out / d, ignore_errors=True)
         if (out / "done.json").exists(): clear()
-        elif not (out / "config.json").exists() and any((out / f).exists() for f in ("adapter", "soft_prompt.safetensors", "checkpoints", "metrics.csv")):
+        elif not (out / "config.json").exists() and any((out / f).exists() for f in ("adapter", "soft_prompt.safetensors", "checkpoints", "metrics.csv", "frozen")):
             raise DSDInputError(f"{out} holds files a run writes (adapter/, soft_prompt.safetensors, checkpoints/ or metrics.csv) but no run: "
                                 "choose another folder, so that nothing of yours is replaced")
         make_folder(out, "run folder")
@@ -598,20 +613,22 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             if "frozen" not in old: unused = unused | {"frozen"}  # written before frozen parts were recorded: unknown, not compared
             diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
             if set(diff) == {"frozen"} and not overwrite:
+                saved = f", which the run saved in {out / 'frozen'}," if (out / "frozen").is_dir() else ""
                 raise DSDInputError(f"{out} holds an unfinished run trained with other frozen parts attached ({diff['frozen'][0] or 'none'} there, "
                                     f"{diff['frozen'][1] or 'none'} now; a soft prompt's token count and a fingerprint of its values, or the active "
-                                    "UNet adapters and theirs): attach the same ones (the soft prompt with add_soft_prompt(pipe, n, init=its values) or "
-                                    "load_soft_prompt; adapters with load_lora_weights and use_adapter) to resume it, "
+                                    f"UNet adapters and theirs): attach the same ones{saved} (the soft prompt with "
+                                    "load_soft_prompt; adapters with load_lora_weights and use_adapter), to resume it, "
                                     "pass overwrite=True (--overwrite) to replace it, or use another folder")
             if diff and not overwrite:
                 raise DSDInputError(f"{out} holds an unfinished run with other settings {diff} (old, new): run it with its own settings "
                                     "to resume it, pass overwrite=True (--overwrite) to replace it, or use another folder")
             if diff or old is settings: clear()  # replaced: an unfinished run of other settings, or a damaged one
         if not cfg_path.exists(): write_atomic(cfg_path, json.dumps(settings, indent=1))
+        if settings["frozen"] and not (out / "frozen").exists(): _save_frozen(pipe, c.method, out / "frozen")  # the run folder holds all its scores depend on
         ck = out / "checkpoints"
         set_aside = sorted(ck.glob(".last.old.*"))
         if set_aside and not (ck / "last").exists(): set_aside[-1].rename(ck / "last")  # killed between the two renames of a checkpoint swap
-        for tmp in [*ck.glob(".last.*"), *out.glob(".adapter.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        for tmp in [*ck.glob(".last.*"), *out.glob(".adapter.*"), *out.glob(".frozen.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)  # a new run may use another precision; keeps the process group
     acc = Accelerator(mixed_precision=c.mixed_precision, cpu=pipe.device.type == "cpu",

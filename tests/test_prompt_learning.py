@@ -289,24 +289,31 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     frozen = json.loads((tmp_path / "l" / "config.json").read_text())["frozen"]
     assert frozen["soft_prompt"]["tokens"] == 2 and len(frozen["soft_prompt"]["values"]) == 16
     assert not soft_prompt(p).requires_grad  # it stayed frozen under the LoRA
+    saved = load_file(tmp_path / "l" / "frozen" / "soft_prompt.safetensors")  # and the run folder holds it
+    assert len(saved) == 1 and torch.equal(next(iter(saved.values())), soft_prompt(p).detach().cpu())
     with pytest.raises(DSDInputError, match="other frozen parts attached"):  # resumed on a bare pipeline: it used to continue silently
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "l", config=cfg, progress=False)
-    q = tiny_pipeline(seed=0); add_soft_prompt(q, 2, init=soft_prompt(p).detach().clone())
-    train_prompt(q, shots, out=tmp_path / "l", config=cfg, progress=False)  # the same soft prompt: resumes
+    q = tiny_pipeline(seed=0); load_soft_prompt(q, tmp_path / "l" / "frozen" / "soft_prompt.safetensors")
+    train_prompt(q, shots, out=tmp_path / "l", config=cfg, progress=False)  # the same soft prompt, from the run folder: resumes
     assert (tmp_path / "l" / "done.json").exists()
     # a soft-prompt run records the active LoRA it trains under
     r = tiny_pipeline(seed=0); add_lora(r, "base", seed=3)
     sp = PromptConfig(**{**CFG, "steps": 2, "method": "soft_prompt", "soft_tokens": 2})
     train_prompt(r, shots, out=tmp_path / "s", config=sp, stop_after=1, progress=False)
     assert list(json.loads((tmp_path / "s" / "config.json").read_text())["frozen"]["unet_adapters"]) == ["base"]
+    ad = load_file(tmp_path / "s" / "frozen" / "base" / "pytorch_lora_weights.safetensors")  # saved in the stock LoRA layout
+    from peft.utils import get_peft_model_state_dict
+    ref = get_peft_model_state_dict(r.unet, adapter_name="base")
+    assert ref and {k[len("unet."):] for k in ad} == set(ref) and all(torch.equal(ad["unet." + k], v.cpu()) for k, v in ref.items())
     with pytest.raises(DSDInputError, match="other frozen parts attached"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=sp, progress=False)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "b", config=PromptConfig(**{**CFG, "steps": 1}), progress=False)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["frozen"] == {}  # nothing else attached
+    assert not (tmp_path / "b" / "frozen").exists()
     # the refusal names what to attach
     p2 = tiny_pipeline(seed=0); add_soft_prompt(p2, 2, init=soft_prompt(p).detach().clone())
     train_prompt(p2, shots, out=tmp_path / "m", config=cfg, stop_after=1, progress=False)
-    with pytest.raises(DSDInputError, match=r"other frozen parts attached \(\{'soft_prompt'.*none now.*load_soft_prompt"):
+    with pytest.raises(DSDInputError, match=r"other frozen parts attached \(\{'soft_prompt'.*none now.*saved in .*m/frozen.*load_soft_prompt"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "m", config=cfg, progress=False)
     # a run folder from before frozen parts were recorded: unknown, so not compared (the same soft prompt used to be refused)
     c = json.loads((tmp_path / "m" / "config.json").read_text()); del c["frozen"]; (tmp_path / "m" / "config.json").write_text(json.dumps(c))
