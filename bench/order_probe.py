@@ -57,6 +57,10 @@ UNet's (captions re-encoded with grad each step).
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --shots 2048 --steps 600 --eval 150 --full --lr 1e-4 --tag F
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --text_lora --tag J
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --model runs/order-pretrain-L/step<N> --steps 300 --tag LA
+    HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --scratch --freeze_text --absolute 0.5 --t0 0 --lr 3e-4 --batch 64 --minutes 80 --out runs/order-pretrain-M --tag M
+
+Every probe takes `--device` (default cpu; the random draws stay on the CPU, so a run on `cuda` draws the same);
+`bench/gpu_order.sh` runs a from-scratch `pretrain` and the binding probes in one device session.
 
 Results: bench/RESULTS.md, "Can few shots teach word order?".
 """
@@ -123,6 +127,7 @@ def words(pipe, n:int):
     import dataclasses, numpy as np, torch
     from dsd_nb.scenes import sample_examples, render, Caption, COLOURS
     unet, te, tok, vae, sched = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, pipe.scheduler
+    dev = unet.device  # draws on the CPU (the same on every device), moved there
     opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
     other_axis = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}
     from dsd_nb.scoring import encode_captions
@@ -133,7 +138,7 @@ def words(pipe, n:int):
     with torch.no_grad():
         for scene, c in list(sample_examples("val", n, seed=0, p_single=0.0))[:n]:
             x = torch.from_numpy(np.array(render(scene, vae.config.sample_size))).permute(2, 0, 1)[None].float() / 127.5 - 1
-            z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+            z0 = vae.encode(x.to(dev)).latent_dist.mean * vae.config.scaling_factor
             colour = next(k for k in COLOURS if k not in (c.subject.colour, c.object.colour))
             caps = [c, Caption(c.object, c.relation, c.subject, c.template),       # subject and object swapped
                     dataclasses.replace(c, relation=opposite[c.relation]),          # left <-> right, above <-> below
@@ -142,8 +147,8 @@ def words(pipe, n:int):
             e = enc([k.text() for k in caps])
             for k, v in zip(kinds, ((e[1:] - e[:1]) ** 2).mean((1, 2)).tolist()): text_d[k].append(v)
             for t in (589, 789, 989):
-                tt = torch.tensor([t])
-                x_t = sched.add_noise(z0, torch.randn(z0.shape, generator=g), tt)
+                tt = torch.tensor([t], device=dev)
+                x_t = sched.add_noise(z0, torch.randn(z0.shape, generator=g).to(dev), tt)
                 eps = unet(x_t.repeat(len(caps), 1, 1, 1), tt.repeat(len(caps)), encoder_hidden_states=e).sample
                 d = ((eps[1:] - eps[:1]) ** 2).mean((1, 2, 3))
                 for k, v in zip(kinds, d.tolist()): eps_d[k].append(v)
@@ -161,9 +166,9 @@ def words(pipe, n:int):
             other_colour = "green" if c.subject.colour != "green" else "red"
             caps = [f"a {ph} on the {side}", f"a {ph} on the {'right' if side == 'left' else 'left'}", f"a {ph.replace(c.subject.colour, other_colour)} on the {side}"]
             x = torch.from_numpy(np.array(render(scene, vae.config.sample_size))).permute(2, 0, 1)[None].float() / 127.5 - 1
-            z0, e = vae.encode(x).latent_dist.mean * vae.config.scaling_factor, enc(caps)
+            z0, e = vae.encode(x.to(dev)).latent_dist.mean * vae.config.scaling_factor, enc(caps)
             for t in (589, 789, 989):
-                tt, noise = torch.tensor([t]), torch.randn(z0.shape, generator=g)
+                tt, noise = torch.tensor([t], device=dev), torch.randn(z0.shape, generator=g).to(dev)
                 eps = unet(sched.add_noise(z0, noise, tt).repeat(3, 1, 1, 1), tt.repeat(3), encoder_hidden_states=e).sample
                 err = ((eps - noise) ** 2).mean((1, 2, 3)); true_side += int(err[0] < err[1])
                 d = ((eps[1:] - eps[:1]) ** 2).mean((1, 2, 3)); flip.append(d[0].item()); colour_d.append(d[1].item())
@@ -246,7 +251,7 @@ def pretrain(pipe, a):
     if a.scratch:  # a fresh UNet and text encoder (the recipe's architecture, seed --seed); the VAE and tokenizer stay
         from dsd_nb.scene_sd import scene_sd_components
         fresh = scene_sd_components(seed=a.seed)
-        pipe.unet, pipe.text_encoder = unet, te = fresh["unet"], fresh["text_encoder"]
+        pipe.unet, pipe.text_encoder = unet, te = fresh["unet"].to(vae.device), fresh["text_encoder"].to(vae.device)
     if a.split_words:  # give each opposite word its own embedding again: "right", "below", "under" move away from "left", "above", "over"
         W, g = te.get_input_embeddings().weight, torch.Generator().manual_seed(a.seed)
         with torch.no_grad():
@@ -269,6 +274,7 @@ def pretrain(pipe, a):
         z0 = pool["mean"][idx] * sf
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(a.t0, 1000, (a.batch,), generator=g)
+        z0, noise, t = z0.to(vae.device), noise.to(vae.device), t.to(vae.device)  # drawn on the CPU: the same draws on every device
         loss = F.mse_loss(unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=encode_captions(tok, te, caps, grad=not a.freeze_text)).sample, noise)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         with torch.no_grad():
@@ -277,7 +283,7 @@ def pretrain(pipe, a):
         if step % 50 == 0: print(a.tag, step, f"{time.time() - t0:.0f} s", "loss", round(sum(losses[-50:]) / 50, 5), flush=True)
         if time.time() - last > 600 or time.time() - t0 >= a.minutes * 60:  # the EMA weights, every 10 minutes and at the end
             last = time.time(); pipe.unet = ema.eval(); te.eval()
-            save_pipeline(pipe, f"{a.out}/step{step}", overwrite=True)
+            save_pipeline(pipe, f"{a.out}/step{step}", overwrite=True)  # (save_pretrained copies from any device)
             pipe.unet = unet; te.train(not a.freeze_text); print(a.tag, "saved", f"{a.out}/step{step}", flush=True)
 
 
@@ -302,6 +308,7 @@ def main():
     ap.add_argument("--split_words", action="store_true", help="pretrain: first move 'right', 'below', 'under' away from their opposites' token embeddings")
     ap.add_argument("--freeze_text", action="store_true", help="pretrain: train the UNet only (the text encoder stays as it is)")
     ap.add_argument("--minutes", type=float, default=24); ap.add_argument("--out", default="runs/order-pretrain")
+    ap.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, auto, ... (random draws stay on the CPU)")
     a = ap.parse_args()
     for k in ("n", "steps", "batch", "shots", "eval"):
         if getattr(a, k) < 1: ap.error(f"--{k} must be 1 or more, got {getattr(a, k)}")
@@ -309,7 +316,7 @@ def main():
     if a.threads: torch.set_num_threads(a.threads)
     from dsd_nb.core import DSDInputError
     from dsd_nb.models import load_pipeline
-    try: pipe = load_pipeline(a.model)
+    try: pipe = load_pipeline(a.model, device=a.device, dtype="fp32")
     except DSDInputError as e: ap.error(str(e))
     if a.probe == "timesteps": timesteps(pipe, a.n)
     elif a.probe == "generate": generate(pipe, a.n)
