@@ -257,7 +257,7 @@ def pretrain(pipe, a):
         with torch.no_grad():
             scale = (W[token_row(tok, "red")] - W[token_row(tok, "blue")]).norm()  # a step as large as the one between two colours
             for w in ("right", "below", "under"):
-                r = torch.randn(W.shape[1], generator=g)
+                r = torch.randn(W.shape[1], generator=g).to(W.device)  # drawn on the CPU: the same step on every device
                 W[token_row(tok, w)] += r / r.norm() * scale
     unet.requires_grad_(True); unet.train()
     te.requires_grad_(not a.freeze_text); te.train(not a.freeze_text)

@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error"); os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 # %% auto #0
-__all__ = ['read_captions_file', 'score_command', 'dsd_score']
+__all__ = ['MAX_CAPTIONS_BYTES', 'read_captions_file', 'score_command', 'dsd_score']
 
 # %% ../nbs/05_cli.ipynb #33b775ec
 import json as _json, sys, warnings
@@ -22,14 +22,22 @@ from .scoring import DSDScorer, MODES, TOKEN_MASKS
 from .inputs import RESIZE_MODES
 
 # %% ../nbs/05_cli.ipynb #155484b0
+MAX_CAPTIONS_BYTES = 16 * 2**20  # a captions file larger than this is not a list of captions (16 MiB)
+
 def read_captions_file(path:str|Path)->list: # list of str
-    "Captions from a UTF-8 text file, one per line; blank lines and '#' comments skipped."
+    """Captions from a UTF-8 text file, one per line; blank lines and '#' comments skipped. Any readable path works, a pipe
+    or bash's `<(...)` too (a pipe is read until its writer closes it). Raises `DSDInputError` for a missing, unreadable,
+    too large (over `MAX_CAPTIONS_BYTES`), non-UTF-8 or empty file."""
     p = Path(path).expanduser()
-    if p.is_dir(): raise DSDInputError(f"captions file '{p}' is a folder, not a text file")
-    if not p.exists(): raise DSDInputError(f"captions file '{p}' does not exist: check the path")
-    try: lines = p.read_text(encoding="utf-8").splitlines()  # any readable file: a pipe or <(...) too
-    except UnicodeDecodeError as e: raise DSDInputError(f"captions file '{p}' is not UTF-8 text") from e
+    try:
+        if p.is_dir(): raise DSDInputError(f"captions file '{p}' is a folder, not a text file")
+        if not p.exists(): raise DSDInputError(f"captions file '{p}' does not exist: check the path")
+        with open(p, "rb") as f: raw = f.read(MAX_CAPTIONS_BYTES + 1)
     except OSError as e: raise DSDInputError(f"captions file '{p}' cannot be read: {e.strerror or e}") from e
+    if len(raw) > MAX_CAPTIONS_BYTES:
+        raise DSDInputError(f"captions file '{p}' is larger than {MAX_CAPTIONS_BYTES // 2**20} MiB: give a text file with one caption per line")
+    try: lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e: raise DSDInputError(f"captions file '{p}' is not UTF-8 text") from e
     caps = [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]
     if not caps: raise DSDInputError(f"captions file '{p}' holds no captions")
     return caps

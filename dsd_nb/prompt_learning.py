@@ -546,8 +546,9 @@ def _active_adapters(unet)->list:
     return sorted({a for m in layers for a in m.active_adapters})
 
 def _save_frozen(pipe, method:str, folder:Path):
-    "Save the frozen parts `_frozen_extras` records into `folder` (atomically): `soft_prompt.safetensors` under a LoRA run, one adapter folder per active UNet adapter (diffusers layout) under a soft-prompt run."
-    tmp = Path(tempfile.mkdtemp(prefix=".frozen.", dir=folder.parent))
+    "Save the frozen parts `_frozen_extras` records into `folder` (atomically; one process): `soft_prompt.safetensors` under a LoRA run, one adapter folder per active UNet adapter (diffusers layout) under a soft-prompt run."
+    for old in folder.parent.glob(f".{folder.name}.*"): shutil.rmtree(old, ignore_errors=True)  # left by a killed save
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         if method == "lora": save_soft_prompt(pipe, tmp / "soft_prompt.safetensors")
         else:
@@ -593,10 +594,11 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             for d in ("checkpoints", "adapter", "frozen"): shutil.rmtree(out / d, ignore_errors=True)
         if (out / "done.json").exists(): clear()
         elif not (out / "config.json").exists() and any((out / f).exists() for f in ("adapter", "soft_prompt.safetensors", "checkpoints", "metrics.csv", "frozen")):
-            raise DSDInputError(f"{out} holds files a run writes (adapter/, soft_prompt.safetensors, checkpoints/ or metrics.csv) but no run: "
+            raise DSDInputError(f"{out} holds files a run writes (adapter/, soft_prompt.safetensors, checkpoints/, metrics.csv or frozen/) but no run: "
                                 "choose another folder, so that nothing of yours is replaced")
         make_folder(out, "run folder")
         cfg_path = out / "config.json"
+        record_frozen = True  # save the frozen parts in frozen/ (not for a run folder written before they were recorded)
         if cfg_path.exists():
             try:
                 old = json.loads(cfg_path.read_text())
@@ -610,7 +612,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
                 old = settings
             unused = {"soft_tokens"} if c.method == "lora" else {"rank", "alpha", "lora_layers"}  # settings the method ignores
             defaults = {**asdict(PromptConfig()), "run": {}}  # a run folder written before a setting existed has its default
-            if "frozen" not in old: unused = unused | {"frozen"}  # written before frozen parts were recorded: unknown, not compared
+            if "frozen" not in old: unused, record_frozen = unused | {"frozen"}, False  # written before frozen parts were recorded: unknown, not compared
             diff = {k: (old.get(k), v) for k, v in settings.items() if k not in unused and old.get(k, defaults.get(k)) != v}
             if set(diff) == {"frozen"} and not overwrite:
                 saved = f", which the run saved in {out / 'frozen'}," if (out / "frozen").is_dir() else ""
@@ -622,17 +624,19 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
             if diff and not overwrite:
                 raise DSDInputError(f"{out} holds an unfinished run with other settings {diff} (old, new): run it with its own settings "
                                     "to resume it, pass overwrite=True (--overwrite) to replace it, or use another folder")
-            if diff or old is settings: clear()  # replaced: an unfinished run of other settings, or a damaged one
+            if diff or old is settings: clear(); record_frozen = True  # replaced: an unfinished run of other settings, or a damaged one
         if not cfg_path.exists(): write_atomic(cfg_path, json.dumps(settings, indent=1))
-        if settings["frozen"] and not (out / "frozen").exists(): _save_frozen(pipe, c.method, out / "frozen")  # the run folder holds all its scores depend on
         ck = out / "checkpoints"
         set_aside = sorted(ck.glob(".last.old.*"))
         if set_aside and not (ck / "last").exists(): set_aside[-1].rename(ck / "last")  # killed between the two renames of a checkpoint swap
-        for tmp in [*ck.glob(".last.*"), *out.glob(".adapter.*"), *out.glob(".frozen.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        for tmp in [*ck.glob(".last.*"), *out.glob(".adapter.*")]: shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)  # a new run may use another precision; keeps the process group
     acc = Accelerator(mixed_precision=c.mixed_precision, cpu=pipe.device.type == "cpu",
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if out is not None:  # the run folder holds all its scores depend on: one process saves, all wait (the same calls everywhere)
+        if acc.is_main_process and record_frozen and settings["frozen"] and not (out / "frozen").exists(): _save_frozen(pipe, c.method, out / "frozen")
+        acc.wait_for_everyone()
     if c.method == "soft_prompt":
         if acc.num_processes > 1: raise DSDInputError("soft prompts train in one process: run without `accelerate launch` (or use method 'lora')")
         add_soft_prompt(pipe, c.soft_tokens)

@@ -407,13 +407,16 @@ def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="t
                 raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
         buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
         lines = [cap.text()] + [c.text() for _, c in negs]
-        before = Path(out).read_bytes() if Path(out).is_file() else None  # what --out held, put back if the captions fail
+        target = Path(os.path.realpath(out))  # what --out names, through links (write_atomic writes there)
+        had = os.path.lexists(target)
+        try: before = target.read_bytes() if target.is_file() else None  # what it held, put back if the captions fail
+        except OSError: before = None  # unreadable (write-only): it cannot be put back, but it is not removed either
         write_atomic(out, buf.getvalue())  # the image first: a failure to write it leaves an existing captions file as it was
         if captions_out:
             try: write_atomic(captions_out, "\n".join(lines) + "\n")
             except OSError:  # all or nothing: no new image beside a missing captions file
-                if before is None: Path(out).unlink(missing_ok=True)
-                else: write_atomic(out, before)
+                if before is not None: write_atomic(out, before)
+                elif not had and target.is_file(): target.unlink()  # only a file this call made (never a link, pipe or device)
                 raise
     except (DSDInputError, OSError, ValueError) as e:
         sys.stderr.write(f"dsd-scene: error: {e}\n"); sys.exit(2)

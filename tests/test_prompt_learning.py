@@ -296,6 +296,10 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     q = tiny_pipeline(seed=0); load_soft_prompt(q, tmp_path / "l" / "frozen" / "soft_prompt.safetensors")
     train_prompt(q, shots, out=tmp_path / "l", config=cfg, progress=False)  # the same soft prompt, from the run folder: resumes
     assert (tmp_path / "l" / "done.json").exists()
+    # replacing the finished run with another soft prompt attached replaces frozen/ too
+    o = tiny_pipeline(seed=0); add_soft_prompt(o, 3, init=torch.randn(3, o.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(1)))
+    train_prompt(o, shots, out=tmp_path / "l", config=cfg, overwrite=True, stop_after=1, progress=False)
+    assert torch.equal(next(iter(load_file(tmp_path / "l" / "frozen" / "soft_prompt.safetensors").values())), soft_prompt(o).detach().cpu())
     # a soft-prompt run records the active LoRA it trains under
     r = tiny_pipeline(seed=0); add_lora(r, "base", seed=3)
     sp = PromptConfig(**{**CFG, "steps": 2, "method": "soft_prompt", "soft_tokens": 2})
@@ -317,9 +321,14 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "m", config=cfg, progress=False)
     # a run folder from before frozen parts were recorded: unknown, so not compared (the same soft prompt used to be refused)
     c = json.loads((tmp_path / "m" / "config.json").read_text()); del c["frozen"]; (tmp_path / "m" / "config.json").write_text(json.dumps(c))
+    shutil.rmtree(tmp_path / "m" / "frozen")
     q = tiny_pipeline(seed=0); add_soft_prompt(q, 2, init=soft_prompt(p).detach().clone())
     train_prompt(q, shots, out=tmp_path / "m", config=cfg, progress=False)
     assert (tmp_path / "m" / "done.json").exists()
+    assert not (tmp_path / "m" / "frozen").exists()  # what the old run trained under is unknown: not written from what is attached now
+    (tmp_path / "f" / "frozen").mkdir(parents=True)  # someone's own folder named frozen: not a run, refused
+    with pytest.raises(DSDInputError, match=r"checkpoints/, metrics.csv or frozen/\) but no run"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "f", config=cfg, progress=False)
 
 
 def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):

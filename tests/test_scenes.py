@@ -138,6 +138,12 @@ def test_dsd_scene_command_files(tmp_path):
         old_png = (tmp_path / "s.png").read_bytes()
         r = run("--index", "5", "--out", tmp_path / "s.png", "--captions_out", "/dev/full")
         assert r.returncode == 2 and (tmp_path / "s.png").read_bytes() == old_png  # an image that was there is put back
+        link = tmp_path / "nul.png"; link.symlink_to(os.devnull)  # a link to a device: kept, and the device too
+        r = run("--out", link, "--captions_out", "/dev/full")
+        assert r.returncode == 2 and link.is_symlink() and os.path.exists(os.devnull) and not os.path.isfile(os.devnull), r.stderr
+        dangling = tmp_path / "d.png"; dangling.symlink_to(tmp_path / "target.png")  # the file made through the link goes, the link stays
+        r = run("--out", dangling, "--captions_out", "/dev/full")
+        assert r.returncode == 2 and dangling.is_symlink() and not (tmp_path / "target.png").exists(), r.stderr
 
 
 def test_scene_example_and_render_bounds():
