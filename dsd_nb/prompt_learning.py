@@ -422,6 +422,7 @@ def _check_config(c:PromptConfig):
     for k in ("lr", "clip"):
         v = getattr(c, k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0: raise DSDInputError(f"{k} must be a positive finite number; got {v!r}")
+    if c.lr > 1: raise DSDInputError(f"lr must be at most 1 (AdamW steps that large wreck the weights; 1e-4 to 1e-2 is usual); got {c.lr!r}")
     for k in ("weight_decay", "margin"):
         v = getattr(c, k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0: raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
@@ -539,6 +540,12 @@ def _frozen_extras(pipe, method:str)->dict:
             out.setdefault("unet_adapters", {})[a] = fingerprint([p for n, p in pipe.unet.named_parameters() if f".{a}." in n])
     return out
 
+def _run_record(path:Path, key:str)->bool:
+    "Whether `path` is a JSON object with `key`, as the files a run writes are (and a user's file of the same name is likely not)."
+    try: d = json.loads(path.read_text())
+    except (ValueError, OSError): return False
+    return isinstance(d, dict) and key in d
+
 def _active_adapters(unet)->list:
     "Names of the LoRA adapters that are active in the UNet, sorted."
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -587,6 +594,9 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     settings = {**asdict(c), "run": run_info or {}, "frozen": _frozen_extras(pipe, c.method)}  # a resume must find the same
     out = Path(out) if out is not None else None
     if out is not None:
+        if (out / "done.json").exists() and not _run_record(out / "done.json", "steps"):
+            raise DSDInputError(f"{out / 'done.json'} is not the record of a finished dsd-train run: choose another folder, "
+                                "so that nothing of yours is replaced")
         if (out / "done.json").exists() and not overwrite:
             raise DSDInputError(f"{out} holds a finished run: pass overwrite=True (--overwrite) to replace it, or choose another folder")
         def clear():  # remove only what a run writes
@@ -688,6 +698,10 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
         step += 1
         stats = acc.reduce(torch.stack([tot_loss, wins]).to(acc.device), "sum").cpu() / c.batch_size
         row = dict(step=step, loss=stats[0].item(), train_acc=stats[1].item())
+        if not (math.isfinite(row["loss"]) and all(bool(torch.isfinite(p).all()) for p in params)):  # never save a broken adapter
+            raise DSDInputError(f"training diverged at step {step}: the loss is {row['loss']} or the trained weights are no longer finite; "
+                                f"lower the learning rate ({c.lr}), the weight decay ({c.weight_decay}) or alpha ({c.alpha}) and start over "
+                                "in another folder (or with overwrite)")
         if val and (step % c.val_every == 0 or step == c.steps):
             unet.eval()
             v = _validate(val_scorers, val, c)

@@ -21,9 +21,9 @@ from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_exa
                            split_allowed, _TEMPLATES1, _TEMPLATES2)
 
 # %% auto #0
-__all__ = ['SCENE_SD', 'GROUND', 'world_words', 'scene_sd_components', 'Checkpointer', 'train_loop', 'scene_batch', 'train_vae',
-           'latent_pool', 'train_denoiser', 'object_masks', 'word_owners', 'mask_shares', 'grounding_loss',
-           'assemble_pipeline', 'train_scene_sd', 'dsd_train_scene_sd']
+__all__ = ['SCENE_SD', 'GROUND', 'MAX_POOL_SIZE', 'world_words', 'scene_sd_components', 'Checkpointer', 'train_loop',
+           'scene_batch', 'train_vae', 'latent_pool', 'train_denoiser', 'object_masks', 'word_owners', 'mask_shares',
+           'grounding_loss', 'assemble_pipeline', 'train_scene_sd', 'dsd_train_scene_sd']
 
 # %% ../nbs/07_scene_sd.ipynb #e8e09b1c
 def world_words()->list:
@@ -315,6 +315,8 @@ def _check_resume(out:Path, settings:dict):
                                      + "): resume with the same settings or use another output folder")
     write_atomic(f, json.dumps(settings, indent=1))
 
+MAX_POOL_SIZE = 200_000  # scenes in the latent pool (each keeps its posterior mean and std in memory)
+
 def train_scene_sd(out, # output folder
                    seed:int=0, vae_steps:int=1000, unet_steps:int=5500, pool_size:int=20000,
                    vae_batch:int=32, unet_batch:int=64, unet_lr:float=3e-4,
@@ -329,6 +331,7 @@ def train_scene_sd(out, # output folder
     check_seed(seed)
     for k, v in dict(vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch, unet_batch=unet_batch, ground_batch=ground_batch).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise DSDInputError(f"{k} must be a positive integer; got {v!r}")
+    if pool_size > MAX_POOL_SIZE: raise DSDInputError(f"pool_size must be at most {MAX_POOL_SIZE:,} (its latents are kept in memory: about 8 KB each); got {pool_size:,}")
     if isinstance(ground_steps, bool) or not isinstance(ground_steps, int) or ground_steps < 0: raise DSDInputError(f"ground_steps must be 0 (no stage 3) or more; got {ground_steps!r}")
     for k, v in dict(unet_lr=unet_lr, ground_lr=ground_lr).items():
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise DSDInputError(f"{k} must be a positive finite number; got {v!r}")
@@ -344,6 +347,8 @@ def train_scene_sd(out, # output folder
                     ground_lr=ground_lr, ground_weight=ground_weight, ground_text_encoder=ground_text_encoder,
                     ground_lse_weight=ground_lse_weight)
     _check_resume(out, settings)
+    if (out / "recipe.json").exists() and (out / "pipeline" / "model_index.json").exists():
+        return out / "pipeline"  # finished with these settings: nothing to do (and the saved pipeline stays as it is)
     torch.manual_seed(seed)  # library code that draws without a generator (none expected) stays reproducible
     t0 = time.time()
     comps = scene_sd_components(seed=seed, **{k: v for k, v in SCENE_SD.items() if k != "seed"})
@@ -388,7 +393,8 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
     import sys
     console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
     try:
-        if threads is not None and threads < 1: raise DSDInputError(f"--threads must be 1 or more, got {threads}")
+        if threads is not None and not 1 <= threads <= 4 * (os.cpu_count() or 1):
+            raise DSDInputError(f"--threads must be from 1 to {4 * (os.cpu_count() or 1)} (this machine has {os.cpu_count()} CPUs), got {threads}")
         if threads: torch.set_num_threads(threads)
         p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)

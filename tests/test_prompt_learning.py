@@ -266,6 +266,17 @@ def test_run_folder_protection(tmp_path, shots):
                 train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / folder, config=cfg, overwrite=ow, progress=False)
     assert (tmp_path / "m" / "metrics.csv").read_text() == "epoch,mine\n" and json.loads((tmp_path / "c" / "config.json").read_text()) == {"name": "my experiment"}
     assert (tmp_path / "y" / "config.json").read_text() == "# my settings\nname: mine" and (tmp_path / "y" / "metrics.csv").read_text() == "mine"
+    # a done.json that is not a run's (someone's own file) is no finished run to replace: refused, with or without overwrite
+    (tmp_path / "d" / "adapter").mkdir(parents=True); (tmp_path / "d" / "done.json").write_text("keep"); (tmp_path / "d" / "adapter" / "notes.txt").write_text("mine")
+    for ow in (False, True):
+        with pytest.raises(DSDInputError, match="not the record of a finished dsd-train run"):
+            train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, overwrite=ow, progress=False)
+    assert (tmp_path / "d" / "adapter" / "notes.txt").read_text() == "mine" and (tmp_path / "d" / "done.json").read_text() == "keep"
+    # settings that wreck the weights: refused up front (lr > 1), or stopped when the loss or the weights stop being finite
+    with pytest.raises(DSDInputError, match="lr must be at most 1"): PromptConfig(lr=1e39)
+    with pytest.raises(DSDInputError, match="training diverged at step"):
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "nan", config=PromptConfig(**{**CFG, "steps": 3, "lr": 1.0, "weight_decay": 1e38}), progress=False)
+    assert not (tmp_path / "nan" / "done.json").exists() and not (tmp_path / "nan" / "adapter").exists()  # no broken adapter saved
     with pytest.raises(DSDInputError, match="val_steps .* at most 1000"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "w", config=PromptConfig(val_steps=1001), progress=False)
     assert not (tmp_path / "w").exists()  # refused before anything is written
     # temporary folders a killed run left behind are cleared when the run resumes; a run killed in the middle of
