@@ -269,7 +269,8 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
     "Read a ComVG-layout CSV (this world's or real ComVG's) as a DataFrame with `pos_path`/`neg_path` columns (`ext` None: each image's own .png, .jpg or .jpeg, in either case)."
     import pandas as pd
     csv_path = Path(csv_path)
-    if not csv_path.is_file(): raise DSDInputError(f"ComVG CSV '{csv_path}' does not exist")
+    if csv_path.is_dir(): raise DSDInputError(f"ComVG CSV '{csv_path}' is a folder: give the CSV file itself")
+    if not csv_path.is_file(): raise DSDInputError(f"ComVG CSV '{csv_path}' does not exist: check the path")
     try: df = pd.read_csv(csv_path)
     except (ValueError, UnicodeDecodeError) as e: raise DSDInputError(f"ComVG CSV '{csv_path}' cannot be read as CSV: {e}") from None
     missing = [c for c in COMVG_COLUMNS if c not in df.columns]

@@ -612,6 +612,7 @@ def test_comvg_examples(tmp_path):
     ex = comvg_ranking_examples(write_comvg(tmp_path / "c", split="fewshot", n=2) / "comvg.csv")
     assert ex and all(e.direction == "t2i" and e.n_candidates == 2 and Path(e.images[1]).exists() for e in ex)
     with pytest.raises(DSDInputError, match="does not exist"): comvg_ranking_examples(tmp_path / "none.csv")
+    with pytest.raises(DSDInputError, match="is a folder: give the CSV file itself"): comvg_ranking_examples(tmp_path)
     df = pd.read_csv(tmp_path / "c" / "comvg.csv")
     df.iloc[:0].to_csv(tmp_path / "c" / "header.csv", index=False)
     df.assign(sentence=[""] + list(df.sentence[1:])).to_csv(tmp_path / "c" / "nosentence.csv", index=False)
