@@ -317,6 +317,12 @@ def _check_resume(out:Path, settings:dict):
 
 MAX_POOL_SIZE = 200_000  # scenes in the latent pool (each keeps its posterior mean and std in memory)
 
+def _finished(out:Path, settings:dict)->bool:
+    "Whether `out` holds a pipeline finished with exactly these settings (its recipe.json records them; stage 3 may be added later)."
+    try: recipe = json.loads((out / "recipe.json").read_text())
+    except (OSError, ValueError): return False
+    return (out / "pipeline" / "model_index.json").exists() and isinstance(recipe, dict) and all(recipe.get(k) == v for k, v in settings.items())
+
 def train_scene_sd(out, # output folder
                    seed:int=0, vae_steps:int=1000, unet_steps:int=5500, pool_size:int=20000,
                    vae_batch:int=32, unet_batch:int=64, unet_lr:float=3e-4,
@@ -347,8 +353,7 @@ def train_scene_sd(out, # output folder
                     ground_lr=ground_lr, ground_weight=ground_weight, ground_text_encoder=ground_text_encoder,
                     ground_lse_weight=ground_lse_weight)
     _check_resume(out, settings)
-    if (out / "recipe.json").exists() and (out / "pipeline" / "model_index.json").exists():
-        return out / "pipeline"  # finished with these settings: nothing to do (and the saved pipeline stays as it is)
+    if _finished(out, settings): return out / "pipeline"  # nothing to do (and the saved pipeline stays as it is)
     torch.manual_seed(seed)  # library code that draws without a generator (none expected) stays reproducible
     t0 = time.time()
     comps = scene_sd_components(seed=seed, **{k: v for k, v in SCENE_SD.items() if k != "seed"})
