@@ -204,23 +204,23 @@ def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
         return folder
     folder = cache_dir() / f"{name}-seed{spec['kwargs'].get('seed', 0)}-v{spec['version']}"
     if not (folder / "model_index.json").exists():
-        _sweep_builds(folder)
+        _clear_leftovers(folder)
         built = folder.with_name(f".{folder.name}.build.{os.getpid()}")
         with _quiet_loading(): save_pipeline(spec["builder"](**spec["kwargs"]), built, overwrite=True)
-        for _ in range(2):
-            try: built.rename(folder); break  # the first process to finish puts its build in place...
-            except OSError:
-                if (folder / "model_index.json").exists(): shutil.rmtree(built, ignore_errors=True); break  # ...later ones keep it (another may be loading from it)
-                aside = folder.with_name(f".{folder.name}.broken.{os.getpid()}")  # a broken leftover (a folder without model_index.json, a file):
-                try: folder.rename(aside)  # moved aside under a name of our own (one process wins), then removed
-                except FileNotFoundError: pass  # another process moved it first
-                if aside.is_dir() and not aside.is_symlink(): shutil.rmtree(aside, ignore_errors=True)
-                elif os.path.lexists(aside): aside.unlink()
-        else: raise DSDInputError(f"could not put the built-in model {name!r} in place at {folder}: check that folder")
+        try: built.rename(folder)  # the first process to finish puts its build in place...
+        except OSError:  # ...later ones keep it (another may be loading from it)
+            shutil.rmtree(built, ignore_errors=True)
+            if not (folder / "model_index.json").exists(): raise DSDInputError(f"could not put the built-in model {name!r} in place at {folder}: check that folder")
     return folder
 
-def _sweep_builds(folder:Path):
-    "Remove the half-made builds of `folder` left by processes that no longer run (named `.<name>.build.<pid>`)."
+def _clear_leftovers(folder:Path):
+    "Remove what a killed build of `folder` left: `folder` itself when it is no model (a folder without model_index.json, a file), moved aside under a name of this process first (one process wins); and the half-made builds (`.<name>.build.<pid>`) of processes that no longer run."
+    if os.path.lexists(folder) and not (folder / "model_index.json").exists():
+        aside = folder.with_name(f".{folder.name}.broken.{os.getpid()}")
+        try: folder.rename(aside)
+        except FileNotFoundError: pass  # another process moved it first
+        if aside.is_dir() and not aside.is_symlink(): shutil.rmtree(aside, ignore_errors=True)
+        elif os.path.lexists(aside): aside.unlink()
     for p in folder.parent.glob(f".{folder.name}.build.*"):
         try: os.kill(int(p.name.rsplit(".", 1)[1]), 0); continue  # its process still runs (or is not ours to signal)
         except ProcessLookupError: pass
