@@ -699,9 +699,10 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
         stats = acc.reduce(torch.stack([tot_loss, wins]).to(acc.device), "sum").cpu() / c.batch_size
         row = dict(step=step, loss=stats[0].item(), train_acc=stats[1].item())
         if not (math.isfinite(row["loss"]) and bool(torch.stack([torch.isfinite(p).all() for p in params]).all())):  # never save a broken adapter (one device sync)
+            bar.close()  # the message starts on a line of its own
             raise DSDInputError(f"training diverged at step {step}: the loss is {row['loss']} or the trained weights are no longer finite; "
-                                f"lower the learning rate ({c.lr}), the weight decay ({c.weight_decay}) or alpha ({c.alpha}) and start over "
-                                "in another folder (or with overwrite)")
+                                f"lower the learning rate ({c.lr}), the weight decay ({c.weight_decay})" + (f" or alpha ({c.alpha})" if c.alpha is not None else "")
+                                + " and start over in another folder (or with overwrite)")
         if val and (step % c.val_every == 0 or step == c.steps):
             unet.eval()
             v = _validate(val_scorers, val, c)

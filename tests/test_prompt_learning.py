@@ -274,8 +274,9 @@ def test_run_folder_protection(tmp_path, shots):
     assert (tmp_path / "d" / "adapter" / "notes.txt").read_text() == "mine" and (tmp_path / "d" / "done.json").read_text() == "keep"
     # settings that wreck the weights: refused up front (lr > 1), or stopped when the loss or the weights stop being finite
     with pytest.raises(DSDInputError, match="lr must be at most 1"): PromptConfig(lr=1e39)
-    with pytest.raises(DSDInputError, match="training diverged at step"):
+    with pytest.raises(DSDInputError, match="training diverged at step") as e:
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "nan", config=PromptConfig(**{**CFG, "steps": 3, "lr": 1.0, "weight_decay": 1e38}), progress=False)
+    assert "alpha" not in str(e.value)  # alpha was not set: not advice to lower it
     assert not (tmp_path / "nan" / "done.json").exists() and not (tmp_path / "nan" / "adapter").exists()  # no broken adapter saved
     with pytest.raises(DSDInputError, match="val_steps .* at most 1000"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "w", config=PromptConfig(val_steps=1001), progress=False)
     assert not (tmp_path / "w").exists()  # refused before anything is written
