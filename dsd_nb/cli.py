@@ -26,13 +26,19 @@ MAX_CAPTIONS_BYTES = 16 * 2**20  # a captions file larger than this is not a lis
 
 def read_captions_file(path:str|Path)->list: # list of str
     """Captions from a UTF-8 text file, one per line; blank lines and '#' comments skipped. Any readable path works, a pipe
-    or bash's `<(...)` too (a pipe is read until its writer closes it). Raises `DSDInputError` for a missing, unreadable,
-    too large (over `MAX_CAPTIONS_BYTES`), non-UTF-8 or empty file."""
+    or bash's `<(...)` too (a pipe is read until its writer closes it); `-` reads standard input (a file named `-` is
+    `./-`). Raises `DSDInputError` for a missing, unreadable, too large (over `MAX_CAPTIONS_BYTES`), non-UTF-8 or empty file."""
     p = Path(path).expanduser()
     try:
-        if p.is_dir(): raise DSDInputError(f"captions file '{p}' is a folder, not a text file")
-        if not p.exists(): raise DSDInputError(f"captions file '{p}' does not exist: check the path")
-        with open(p, "rb") as f: raw = f.read(MAX_CAPTIONS_BYTES + 1)
+        if str(path) == "-":
+            p = "standard input"
+            if sys.stdin is None: raise DSDInputError("captions file '-' means standard input, and this process has none")
+            raw = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_CAPTIONS_BYTES + 1)
+            if isinstance(raw, str): raw = raw.encode("utf-8")  # a text-only stand-in for stdin (as in some notebooks)
+        else:
+            if p.is_dir(): raise DSDInputError(f"captions file '{p}' is a folder, not a text file")
+            if not p.exists(): raise DSDInputError(f"captions file '{p}' does not exist: check the path")
+            with open(p, "rb") as f: raw = f.read(MAX_CAPTIONS_BYTES + 1)
     except OSError as e: raise DSDInputError(f"captions file '{p}' cannot be read: {e.strerror or e}") from e
     if len(raw) > MAX_CAPTIONS_BYTES:
         raise DSDInputError(f"captions file '{p}' is larger than {MAX_CAPTIONS_BYTES // 2**20} MiB: give a text file with one caption per line")
@@ -45,7 +51,7 @@ def read_captions_file(path:str|Path)->list: # list of str
 # %% ../nbs/05_cli.ipynb #75432b35
 def score_command(image:Param("image file to score (PNG, JPEG, ...)", str, opt=False),
                   captions:Param("captions to rank", str, nargs="*", opt=False)=None,
-                  captions_file:Param("text file with one caption per line", str)=None,
+                  captions_file:Param("text file with one caption per line ('-': standard input)", str)=None,
                   model:Param(f"built-in name ({', '.join(BUILTIN_MODELS)}), diffusers folder or hub id", str)=DEFAULT_MODEL,
                   mode:Param("score: attention + denoising gain, attention only, or DiffusionITM", str, choices=MODES)="dsd",
                   steps:Param("S, sampling steps of the reference timestep grid (S=10: 10 timesteps)", int)=10,

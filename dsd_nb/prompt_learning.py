@@ -791,10 +791,12 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if keep_best and (val_n == 0 or dataset != "scene"):
             raise DSDInputError("--keep_best needs validation examples: use --val_n > 0 with --dataset scene "
                                 "(a ComVG-layout --dataset has no validation split here)")
-        cfg = PromptConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, loss=loss,
-                           margin=margin, n_draws=draws, method=method, soft_tokens=soft_tokens, rank=rank, alpha=alpha, lora_layers=lora_layers, seed=seed,
-                           mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-                           val_every=val_every, ckpt_every=ckpt_every, keep_best=keep_best, val_steps=val_steps, val_seeds=vseeds)
+        try: cfg = PromptConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, loss=loss,
+                                margin=margin, n_draws=draws, method=method, soft_tokens=soft_tokens, rank=rank, alpha=alpha, lora_layers=lora_layers, seed=seed,
+                                mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                                val_every=val_every, ckpt_every=ckpt_every, keep_best=keep_best, val_steps=val_steps, val_seeds=vseeds)
+        except DSDInputError as e:  # the config's field names are the flags' names, except n_draws (--draws)
+            msg = str(e); raise DSDInputError("--" + ("draws" + msg[7:] if msg.startswith("n_draws") else msg)) from None
         _check_config(cfg); lora_config(rank, alpha, lora_layers); ranking_loss([torch.zeros(2)], loss)
         if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, k if isinstance(k, int) else 0), seed=0, direction=direction)
         else: pool = comvg_ranking_examples(dataset, images_dir)

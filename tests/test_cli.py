@@ -26,10 +26,10 @@ def _exe():
     return found
 
 
-def _run(args, cache):
+def _run(args, cache, input=None):
     env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
     env.update(HF_HUB_OFFLINE="1", DSD_NB_CACHE=str(cache))  # the CLI itself must keep the libraries quiet
-    return subprocess.run([_exe(), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([_exe(), *map(str, args)], capture_output=True, text=True, env=env, timeout=300, input=input)
 
 
 def _jobs(img, tmp):
@@ -41,6 +41,7 @@ def _jobs(img, tmp):
         "json": [*base, "--json"],
         "default model": [img, *CAPS, "--steps", STEPS, "--json"],
         "captions_file": [img, "--captions_file", caps_file, "--steps", STEPS, "--json", "--model", "tiny-random"],
+        "captions from stdin": ([img, "--captions_file", "-", "--steps", STEPS, "--json", "--model", "tiny-random"], "\n".join(CAPS) + "\n"),
         "bad:missing image": [tmp / "no-such-image.png", "a cat", "--steps", STEPS],
         "bad:no captions": [img, "--steps", STEPS],
         "bad:--mode bogus": [img, "a cat", "--mode", "bogus"],
@@ -63,7 +64,8 @@ def cli(chelsea_path, tmp_path_factory):
         mp.setenv("DSD_NB_CACHE", str(cache))
         builtin_model_path("tiny-random")  # build the cached built-in model once, before the runs share the cache
     pool = ThreadPoolExecutor(max_workers=2)
-    futures = {name: pool.submit(_run, args, cache) for name, args in _jobs(chelsea_path, tmp).items()}
+    jobs = {name: job if isinstance(job, tuple) else (job, None) for name, job in _jobs(chelsea_path, tmp).items()}  # (args, stdin text)
+    futures = {name: pool.submit(_run, args, cache, inp) for name, (args, inp) in jobs.items()}
     futures["fresh cache"] = pool.submit(_run, [tmp / "no-such-image.png", "a cat"], tmp / "fresh-cache")
     yield {k: (lambda f=f: f.result()) for k, f in futures.items()}
     pool.shutdown(wait=True)
@@ -131,6 +133,12 @@ def test_captions_file(cli):
     b = json.loads(_ok(cli["json"]()))
     assert sorted(x["caption"] for x in a["ranking"]) == sorted(CAPS)  # comments, blanks and spaces dropped
     assert a["ranking"] == b["ranking"]
+
+
+def test_captions_from_stdin(cli):
+    "`--captions_file -` reads the captions from standard input, as from a shell pipe."
+    a = json.loads(_ok(cli["captions from stdin"]()))
+    assert a["ranking"] == json.loads(_ok(cli["json"]()))["ranking"]
 
 
 BAD = ["missing image", "no captions", "--mode bogus", "--steps 0", "--steps abc", "empty caption",
