@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_scene_sd.ipynb #04bb651f
 from __future__ import annotations
-import copy, csv, json, math, os, random, shutil, tempfile, time
+import copy, csv, json, math, os, random, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -300,6 +300,8 @@ def assemble_pipeline(comps:dict, unet=None)->StableDiffusionPipeline:
     return pipe
 
 # %% ../nbs/07_scene_sd.ipynb #492ee0b8
+_LATER_KEYS = {"ground_lse_weight"}  # settings added after the first runs wrote settings.json: an older one lacks them
+
 def _check_resume(out:Path, settings:dict):
     "Refuse to continue a run in `out` with other settings (stage 3's may change until it starts); records them in settings.json."
     f = out / "settings.json"
@@ -309,6 +311,9 @@ def _check_resume(out:Path, settings:dict):
             if not isinstance(old, dict): raise ValueError(f"it holds a {type(old).__name__}, not the settings")
         except (OSError, ValueError) as e:
             raise DSDInputError(f"{f} is damaged or not a settings file ({e}): use another output folder, or remove it to start over") from None
+        if miss := [k for k in settings if k not in old and k not in _LATER_KEYS]:  # e.g. a user's own settings.json
+            raise DSDInputError(f"{f} is not a dsd-train-scene-sd settings file (it lacks the run's " + ", ".join(miss[:3])
+                                + (f" and {len(miss) - 3} more" if len(miss) > 3 else "") + "): use another output folder")
         started = (out / "ground_ckpt" / "last" / "state.json").exists()
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and (started or not k.startswith("ground_"))}
         if diff: raise DSDInputError(f"{out} holds a run with other settings (" + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
@@ -323,6 +328,21 @@ def _finished(out:Path, settings:dict)->bool:
     except (OSError, ValueError): return False
     return (out / "pipeline" / "model_index.json").exists() and isinstance(recipe, dict) and all(recipe.get(k) == v for k, v in settings.items())
 
+def _free_name(p:Path)->Path:
+    "`p`, or the first of `p` with -1, -2, ... after its stem that is not taken."
+    i, q = 0, p
+    while os.path.lexists(q): i += 1; q = p.with_name(f"{p.stem}-{i}{p.suffix}")
+    return q
+
+def _keep_earlier(out:Path)->Path|None:
+    "Move an existing `out/pipeline` aside to `out/pipeline-stage2` (or -1, -2, ...) with a copy of `out/recipe.json`; returns where it went. Nothing is removed or overwritten."
+    p = out / "pipeline"
+    if not os.path.lexists(p): return None
+    kept = _free_name(out / "pipeline-stage2")
+    p.rename(kept)
+    if (out / "recipe.json").is_file() and kept.is_dir() and not kept.is_symlink(): shutil.copy2(out / "recipe.json", _free_name(kept / "recipe.json"))
+    return kept
+
 def train_scene_sd(out, # output folder
                    seed:int=0, vae_steps:int=1000, unet_steps:int=5500, pool_size:int=20000,
                    vae_batch:int=32, unet_batch:int=64, unet_lr:float=3e-4,
@@ -333,7 +353,7 @@ def train_scene_sd(out, # output folder
                    max_minutes:float|None=None, # overall time budget; stops after a checkpoint when exceeded
                    device:str="cpu", # where to train ("cpu", "cuda", "auto", ...; the batches are drawn on the CPU either way)
                    progress:bool=True)->Path|None: # the saved pipeline folder, or None when time ran out first
-    "Train the scene-world Stable Diffusion from a seed into `out`; resumes from checkpoints there. Bad settings raise `DSDInputError`."
+    "Train the scene-world Stable Diffusion from a seed into `out`; resumes from checkpoints there. An earlier `out/pipeline` (stage 3 added to a finished run) is kept as `out/pipeline-stage2`. Bad settings raise `DSDInputError`."
     check_seed(seed)
     for k, v in dict(vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch, unet_batch=unet_batch, ground_batch=ground_batch).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise DSDInputError(f"{k} must be a positive integer; got {v!r}")
@@ -374,9 +394,11 @@ def train_scene_sd(out, # output folder
                                           train_text_encoder=ground_text_encoder, lse_weight=ground_lse_weight, desc="grounding")
         if gdone < ground_steps: return None
     pipe = assemble_pipeline(comps, unet=ema).to("cpu")
-    save_pipeline(pipe, out / "pipeline", overwrite=True)
+    if kept := _keep_earlier(out):  # stage 3 added to a finished run: its stage-2 pipeline (or a user's folder) stays
+        if progress: print(f"the earlier {out / 'pipeline'} is kept as {kept}", file=sys.stderr)
+    save_pipeline(pipe, out / "pipeline")
     (out / "recipe.json").write_text(json.dumps(dict(**settings, device=str(dev), architecture=SCENE_SD, minutes_this_call=(time.time() - t0) / 60,
-        vae_log=vlog, unet_log=ulog, ground_log=glog, torch=torch.__version__), indent=1))
+        vae_log=vlog, unet_log=ulog, ground_log=glog, torch=torch.__version__, **({"earlier_pipeline": kept.name} if kept else {})), indent=1))
     return out / "pipeline"
 
 # %% ../nbs/07_scene_sd.ipynb #5280b44d
