@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_scene_sd.ipynb #04bb651f
 from __future__ import annotations
-import copy, csv, json, math, os, random, shutil, sys, tempfile, time
+import copy, csv, io, json, math, os, random, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -76,8 +76,8 @@ class Checkpointer:
         if self.last.exists(): self.last.rename(old)
         tmp.rename(self.last)
         if old.exists(): shutil.rmtree(old)
-        with open(self.folder / "log.csv", "w", newline="") as f:
-            w = csv.writer(f); w.writerow(["step", "loss", "seconds"]); w.writerows(log)
+        buf = io.StringIO(); w = csv.writer(buf); w.writerow(["step", "loss", "seconds"]); w.writerows(log)
+        write_atomic(self.folder / "log.csv", buf.getvalue())
 
     def load(self, modules:dict, optimizer)->tuple: # (step, log); (0, []) when there is no checkpoint
         if not (self.last / "state.json").exists(): return 0, []
@@ -397,7 +397,7 @@ def train_scene_sd(out, # output folder
     if kept := _keep_earlier(out):  # stage 3 added to a finished run: its stage-2 pipeline (or a user's folder) stays
         if progress: print(f"the earlier {out / 'pipeline'} is kept as {kept}", file=sys.stderr)
     save_pipeline(pipe, out / "pipeline")
-    (out / "recipe.json").write_text(json.dumps(dict(**settings, device=str(dev), architecture=SCENE_SD, minutes_this_call=(time.time() - t0) / 60,
+    write_atomic(out / "recipe.json", json.dumps(dict(**settings, device=str(dev), architecture=SCENE_SD, minutes_this_call=(time.time() - t0) / 60,
         vae_log=vlog, unet_log=ulog, ground_log=glog, torch=torch.__version__, **({"earlier_pipeline": kept.name} if kept else {})), indent=1))
     return out / "pipeline"
 
