@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error"); os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 # %% auto #0
-__all__ = ['MAX_CAPTIONS_BYTES', 'read_captions_file', 'score_command', 'dsd_score']
+__all__ = ['MAX_CAPTIONS_BYTES', 'MAX_STDIN_IMAGE_BYTES', 'read_captions_file', 'read_stdin_image', 'score_command', 'dsd_score']
 
 # %% ../nbs/05_cli.ipynb #33b775ec
 import json as _json, sys, warnings
@@ -42,14 +42,25 @@ def read_captions_file(path:str|Path)->list: # list of str
     except OSError as e: raise DSDInputError(f"captions file '{p}' cannot be read: {e.strerror or e}") from e
     if len(raw) > MAX_CAPTIONS_BYTES:
         raise DSDInputError(f"captions file '{p}' is larger than {MAX_CAPTIONS_BYTES // 2**20} MiB: give a text file with one caption per line")
-    try: lines = raw.decode("utf-8").splitlines()
+    try: lines = raw.decode("utf-8-sig").splitlines()  # a byte-order mark (as some editors write) is not part of the first caption
     except UnicodeDecodeError as e: raise DSDInputError(f"captions file '{p}' is not UTF-8 text") from e
     caps = [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]
     if not caps: raise DSDInputError(f"captions file '{p}' holds no captions")
     return caps
 
 # %% ../nbs/05_cli.ipynb #75432b35
-def score_command(image:Param("image file to score (PNG, JPEG, ...)", str, opt=False),
+MAX_STDIN_IMAGE_BYTES = 256 * 2**20  # an image on standard input larger than this is refused (256 MiB)
+
+def read_stdin_image()->bytes:
+    "The bytes of an image file on standard input (`dsd-score - ... < photo.png`); `DSDInputError` when there is none or it is over `MAX_STDIN_IMAGE_BYTES`."
+    if sys.stdin is None: raise DSDInputError("image '-' means standard input, and this process has none")
+    raw = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_STDIN_IMAGE_BYTES + 1)
+    if isinstance(raw, str): raise DSDInputError("image '-' needs binary standard input (as from `< photo.png`)")
+    if len(raw) > MAX_STDIN_IMAGE_BYTES: raise DSDInputError(f"the image on standard input is larger than {MAX_STDIN_IMAGE_BYTES // 2**20} MiB")
+    if not raw: raise DSDInputError("image '-' means standard input, and it was empty: pipe an image file in (`< photo.png`)")
+    return raw
+
+def score_command(image:Param("image file to score (PNG, JPEG, ...; '-': standard input)", str, opt=False),
                   captions:Param("captions to rank", str, nargs="*", opt=False)=None,
                   captions_file:Param("text file with one caption per line ('-': standard input)", str)=None,
                   model:Param(f"built-in name ({', '.join(BUILTIN_MODELS)}), diffusers folder or hub id", str)=DEFAULT_MODEL,
@@ -66,13 +77,16 @@ def score_command(image:Param("image file to score (PNG, JPEG, ...)", str, opt=F
     "Rank captions for an image with Discriminative Stable Diffusion (DSD) scores from a frozen diffusion model."
     image_arg = str(image)
     caps = list(captions or [])
-    if captions_file: caps += read_captions_file(captions_file)
+    if captions_file is not None:
+        if not str(captions_file).strip(): raise DSDInputError("--captions_file is empty: give a path (or - for standard input)")
+        if captions_file == "-" and image_arg == "-": raise DSDInputError("standard input can carry the image or the captions, not both: give one of them as a file")
+        caps += read_captions_file(captions_file)
     if not caps: raise DSDInputError("give at least one caption (as arguments or with --captions_file)")
     lay = layers if layers in ("reference", "all_cross") else [s.strip() for s in layers.split(",") if s.strip()]
     reference_timesteps(steps); check_seed(seed)  # cheap checks before the model loads
     if seed >= MAX_SEED: raise DSDInputError(f"seed must be below {MAX_SEED}")
     if chunk_size < 1: raise DSDInputError(f"chunk_size must be a positive integer, got {chunk_size}")
-    image = load_image(image)  # a bad image path is reported before a (possibly large) model loads
+    image = load_image(read_stdin_image() if image_arg == "-" else image)  # a bad image path is reported before a (possibly large) model loads
     pipe = load_pipeline(model, device=device, dtype=dtype)
     scorer = DSDScorer(pipe, mode=mode, steps=steps, seed=seed, layers=lay, resize=resize, chunk_size=chunk_size, progress=None, token_mask=token_mask)
     res = scorer.score(image, caps, details=True)
@@ -105,5 +119,7 @@ def dsd_score(argv:list|None=None # arguments (default: sys.argv[1:])
             out = score_command(**args)
     except DSDInputError as e:
         sys.stderr.write(f"dsd-score: error: {e}\n"); return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("dsd-score: interrupted\n"); return 130
     print_stdout(out)  # UTF-8 on an ASCII-only terminal; a quiet exit when piped into `head`
     return 0

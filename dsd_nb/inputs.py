@@ -45,7 +45,7 @@ def to_rgb(img:PIL.Image.Image, # a PIL image in any mode
 # %% ../nbs/01_inputs.ipynb #58f0c63d
 def _check_size(img, what):
     if min(img.size) < MIN_IMAGE_SIDE:
-        raise DSDInputError(f"{what} is {img.size[0]}x{img.size[1]} pixels (width x height), too small on one side: images need at least "
+        raise DSDInputError(f"{what} is {img.size[0]}x{img.size[1]} pixels (width x height): images need at least "
                             f"{MIN_IMAGE_SIDE} pixels on each side")
     return img
 
@@ -93,7 +93,7 @@ def _tensor_images(x:torch.Tensor, size, resize):
         raise DSDInputError(f"float image tensors must hold values in [0, 1]; got [{x.min().item():.3g}, {x.max().item():.3g}]"
                             " (if yours are in [-1, 1], pass (x + 1) / 2)")
     if min(x.shape[-2:]) < MIN_IMAGE_SIDE:
-        raise DSDInputError(f"the image tensor is {x.shape[-1]}x{x.shape[-2]} pixels (width x height), too small on one side: images need at least {MIN_IMAGE_SIDE} pixels on each side")
+        raise DSDInputError(f"the image tensor is {x.shape[-1]}x{x.shape[-2]} pixels (width x height): images need at least {MIN_IMAGE_SIDE} pixels on each side")
     if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
     H, W = size
     if tuple(x.shape[-2:]) != (H, W):

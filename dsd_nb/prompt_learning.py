@@ -21,11 +21,11 @@ from .scenes import NEG_KINDS, SPLITS, sample_examples, negative, negative_scene
 
 # %% auto #0
 __all__ = ['LORA_PROJECTIONS', 'SOFT_PROMPT_KEY', 'MAX_VAL_N', 'MAX_SHOTS', 'RankingExample', 'scene_ranking_examples',
-           'comvg_ranking_examples', 'few_shot', 'lora_config', 'add_lora', 'lora_parameters', 'use_adapter',
-           'soft_prompt', 'add_soft_prompt', 'remove_soft_prompt', 'save_soft_prompt', 'load_soft_prompt',
-           'example_generator', 'ranking_scores', 'ranking_loss', 'save_adapter', 'reference_lora_shapes',
-           'read_reference_lora', 'load_reference_lora', 'PromptConfig', 'batch_indices', 'evaluate_ranking',
-           'train_prompt', 'dsd_train']
+           'comvg_ranking_examples', 'few_shot', 'lora_config', 'check_lora_rank', 'add_lora', 'lora_parameters',
+           'use_adapter', 'soft_prompt', 'add_soft_prompt', 'remove_soft_prompt', 'save_soft_prompt',
+           'load_soft_prompt', 'example_generator', 'ranking_scores', 'ranking_loss', 'save_adapter',
+           'reference_lora_shapes', 'read_reference_lora', 'load_reference_lora', 'PromptConfig', 'batch_indices',
+           'evaluate_ranking', 'train_prompt', 'dsd_train']
 
 # %% ../nbs/12_prompt_learning.ipynb #d253473d
 @dataclass
@@ -91,6 +91,18 @@ def lora_config(rank:int=4, alpha:float|None=None, # alpha None means alpha = ra
     target = rf".*attn[12]\.({proj})$" if layers == "all" else rf".*attn2\.({proj})$"
     return LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights=init, target_modules=target)
 
+def check_lora_rank(unet, rank:int, layers:str="all")->int: # the largest rank these layers allow
+    "Raise `DSDInputError` when `rank` exceeds min(in, out features) of the smallest projection a LoRA on `layers` would adapt (a larger rank adds parameters, and memory, but no expressiveness)."
+    pat = re.compile(lora_config(1, None, layers).target_modules)
+    sizes = {n: min(m.in_features, m.out_features) for n, m in unet.named_modules()  # nn.Linear, or a peft layer wrapping one
+             if pat.fullmatch(n) and isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)}
+    if not sizes: raise DSDInputError(f"this UNet has no attention projections ({', '.join(LORA_PROJECTIONS)}) for a LoRA on lora_layers {layers!r}")
+    most = min(sizes.values())
+    if rank > most:
+        raise DSDInputError(f"rank {rank} is more than this UNet allows: its smallest adapted projection ({min(sizes, key=sizes.get)}) has {most} "
+                            f"features, and a LoRA's rank is at most min(in, out) features; give a rank of at most {most} (the reference uses 4)")
+    return most
+
 def _add_adapter(unet, config, name):
     with warnings.catch_warnings():  # peft warns on every adapter after the first; several named adapters are intended here
         warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
@@ -101,9 +113,10 @@ def add_lora(pipe, name:str="default", rank:int=4, alpha:float|None=None, layers
     "Freeze the pipeline and attach a new LoRA adapter `name` to its UNet (seeded init); it becomes the active adapter."
     for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
     if name in getattr(pipe.unet, "peft_config", {}): raise DSDInputError(f"the UNet already has an adapter named {name!r}")
+    config = lora_config(rank, alpha, layers, init); check_lora_rank(pipe.unet, rank, layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(check_seed(seed))
-        _add_adapter(pipe.unet, lora_config(rank, alpha, layers, init), name)
+        _add_adapter(pipe.unet, config, name)
     pipe.unet.set_adapter(name)
     return sum(p.numel() for n, p in pipe.unet.named_parameters() if f".{name}." in n and p.requires_grad)
 
@@ -411,7 +424,7 @@ def _check_config(c:PromptConfig):
     if c.batch_size % c.grad_accum: raise DSDInputError(f"batch_size ({c.batch_size}) must be a multiple of grad_accum ({c.grad_accum})")
     if c.soft_tokens > 75: raise DSDInputError(f"soft_tokens must be at most 75 (a caption and its start and end tokens need the rest of the 77 positions); got {c.soft_tokens}")
     if c.val_steps is not None and (isinstance(c.val_steps, bool) or not isinstance(c.val_steps, int) or c.val_steps < 1):
-        raise DSDInputError(f"val_steps must be None or a positive integer; got {c.val_steps!r}")
+        raise DSDInputError(f"val_steps must be a positive integer, or None (left out) for random validation draws; got {c.val_steps!r}")
     if c.val_steps is not None and c.val_steps > 1000: raise DSDInputError(f"val_steps (the validation grid's timesteps) must be at most 1000; got {c.val_steps}")
     if c.val_seeds is not None:
         if not isinstance(c.val_seeds, (list, tuple)) or not c.val_seeds:
@@ -427,7 +440,7 @@ def _check_config(c:PromptConfig):
         v = getattr(c, k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0: raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
     if c.alpha is not None and (isinstance(c.alpha, bool) or not isinstance(c.alpha, (int, float)) or not math.isfinite(c.alpha) or c.alpha <= 0):
-        raise DSDInputError(f"alpha must be None (alpha = rank) or a positive finite number (it scales the adapter's output: 0 would train nothing); got {c.alpha!r}")
+        raise DSDInputError(f"alpha must be a positive finite number, or None (left out) for alpha = rank (it scales the adapter's output: 0 would train nothing); got {c.alpha!r}")
     check_seed(c.seed)
     for k in ("keep_best", "gradient_checkpointing"):
         if not isinstance(getattr(c, k), bool): raise DSDInputError(f"{k} must be True or False; got {getattr(c, k)!r}")
@@ -591,6 +604,7 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
         raise DSDInputError(f"soft_tokens must be at most {pipe.tokenizer.model_max_length - 2} for this text encoder; got {c.soft_tokens}")
     if c.method == "lora" and name in getattr(pipe.unet, "peft_config", {}):
         raise DSDInputError(f"the UNet already has an adapter named {name!r}: pass another name or load a fresh pipeline")
+    if c.method == "lora": check_lora_rank(pipe.unet, c.rank, c.lora_layers)  # before anything is written or allocated
     settings = {**asdict(c), "run": run_info or {}, "frozen": _frozen_extras(pipe, c.method)}  # a resume must find the same
     out = Path(out) if out is not None else None
     if out is not None:
@@ -742,7 +756,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
               dataset:Param("'scene' (the scene world) or a ComVG-layout CSV", str)="scene",
               images_dir:Param("images folder of a ComVG CSV (default: next to it)", str)=None,
               shots:Param("few-shot examples: an integer, or a fraction like 0.05", str)="32",
-              direction:Param("scene world: i2t, t2i or both", str)="i2t",
+              direction:Param("scene world: i2t, t2i or both", str, choices=("i2t", "t2i", "both"))="i2t",
               model:Param("built-in name, diffusers folder or hub id (default: the built-in default)", str)=None,
               steps:Param("optimisation steps", int)=100,
               batch_size:Param("examples per step", int)=8,
@@ -788,6 +802,9 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
             raise DSDInputError("--val_seeds and --val_steps shape the validation: use them with --val_n > 0 and --dataset scene")
         try: vseeds = [int(x) for x in val_seeds.split(",")] if val_seeds is not None else None
         except ValueError: raise DSDInputError(f"--val_seeds must be comma-separated integers like 0,1,2; got {val_seeds!r}") from None
+        try: [check_seed(s) for s in vseeds or []]
+        except DSDInputError as e: raise DSDInputError(f"--val_seeds: {e}") from None
+        if batch_size % max(grad_accum, 1): raise DSDInputError(f"--batch_size ({batch_size}) must be a multiple of --grad_accum ({grad_accum})")
         if keep_best and (val_n == 0 or dataset != "scene"):
             raise DSDInputError("--keep_best needs validation examples: use --val_n > 0 with --dataset scene "
                                 "(a ComVG-layout --dataset has no validation split here)")

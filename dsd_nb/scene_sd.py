@@ -310,7 +310,7 @@ def _check_resume(out:Path, settings:dict):
             old = json.loads(f.read_text())
             if not isinstance(old, dict): raise ValueError(f"it holds a {type(old).__name__}, not the settings")
         except (OSError, ValueError) as e:
-            raise DSDInputError(f"{f} is damaged or not a settings file ({e}): use another output folder, or remove it to start over") from None
+            raise DSDInputError(f"{f} is damaged or not a settings file ({e}): use another output folder (if it is the file of a dsd-train-scene-sd run of yours that broke, removing it starts that run over)") from None
         if miss := [k for k in settings if k not in old and k not in _LATER_KEYS]:  # e.g. a user's own settings.json
             raise DSDInputError(f"{f} is not a dsd-train-scene-sd settings file (it lacks the run's " + ", ".join(miss[:3])
                                 + (f" and {len(miss) - 3} more" if len(miss) > 3 else "") + "): use another output folder")
@@ -417,7 +417,7 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
                        device:Param("where to train: auto, cpu, cuda, cuda:N or mps", str)="cpu",
                        threads:Param("torch CPU threads (default: torch's choice)", int)=None):
     "Train the scene-world Stable Diffusion (resumable: run it again to continue)."
-    import sys
+    import inspect, sys
     console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
     try:
         if threads is not None and not 1 <= threads <= 4 * (os.cpu_count() or 1):
@@ -425,7 +425,10 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
         if threads: torch.set_num_threads(threads)
         p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)
-    except (DSDInputError, OSError) as e: sys.stderr.write(f"dsd-train-scene-sd: error: {e}\n"); sys.exit(2)
+    except (DSDInputError, OSError) as e:
+        msg = str(e)  # a message that starts with a setting's name names its flag
+        if isinstance(e, DSDInputError) and msg.split(" ", 1)[0] in inspect.signature(dsd_train_scene_sd).parameters: msg = "--" + msg
+        sys.stderr.write(f"dsd-train-scene-sd: error: {msg}\n"); sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write(f"dsd-train-scene-sd: interrupted; run the same command again to continue from the last checkpoint in {out}\n"); sys.exit(130)
     print_stdout(f"finished: {p}" if p else f"stopped at the time limit; run the same command again to continue ({out})")

@@ -456,12 +456,14 @@ def test_dsd_train_command(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "finished run" in again.stderr and "Traceback" not in again.stderr
     for bad, msg in ((["--shots", "0"], "shots"), (["--loss", "mse"], "hinge"), (["--lora_layers", "self"], "--lora_layers must be one of all, cross"),
-                     (["--batch_size", "3", "--grad_accum", "2"], "multiple of grad_accum"), (["--dataset", str(tmp_path / "no.csv")], ""),
+                     (["--batch_size", "3", "--grad_accum", "2"], "--batch_size (3) must be a multiple of --grad_accum (2)"), (["--dataset", str(tmp_path / "no.csv")], ""),
                      (["--shots", "abc"], "--shots must be"), (["--val_n", "-3"], "--val_n"), (["--val_n", "100000"], "--val_n must be 0"),
                      (["--max_minutes", "-1"], "--max_minutes must be a number of minutes >= 0"),
                      (["--shots", "4_0"], "--shots must be a whole number"), (["--shots", "4.0"], "--shots must be a whole number"),
                      (["--shots", "100000000"], "--shots must be 1 to 20000"), (["--shots", "0"], "--shots must be 1 to 20000"), (["--images_dir", "imgs"], "--images_dir is the images folder of a ComVG CSV"),
-                     (["--draws", "0"], "--draws must be a positive integer; got 0"), (["--rank", "0"], "--rank must be a positive integer")):
+                     (["--draws", "0"], "--draws must be a positive integer; got 0"), (["--rank", "0"], "--rank must be a positive integer"),
+                     (["--rank", "100000"], "rank 100000 is more than this UNet allows"), (["--val_seeds", "-1"], "--val_seeds: seed must be"),
+                     (["--direction", "sideways"], "invalid choice")):
         r = subprocess.run(args[:2] + [str(tmp_path / "other")] + args[3:] + bad, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, (bad, r.stderr[-1500:])
     (tmp_path / "file").write_text("mine")

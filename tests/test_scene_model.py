@@ -144,4 +144,8 @@ def test_train_scene_sd_command_refuses_bad_threads(tmp_path):
     for bad in ("0", "100000"):  # 100000 threads used to fail deep inside torch, out of memory
         r = subprocess.run([exe, "--out", str(tmp_path / "r"), "--threads", bad], capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and "--threads must be from 1 to" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for bad, msg in ((["--vae_steps", "0"], "error: --vae_steps must be a positive integer"), (["--seed", "-1"], "error: --seed must be an integer"),
+                     (["--ground_weight", "-1"], "error: --ground_weight must be a finite number >= 0"), (["--max_minutes", "-1"], "error: --max_minutes must be")):
+        r = subprocess.run([exe, "--out", str(tmp_path / "r"), *bad], capture_output=True, text=True, timeout=300)  # the settings' own flags are named
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
     assert not (tmp_path / "r").exists()
