@@ -22,6 +22,13 @@ direction words that needs no binding. `--split_words` first moves the token emb
 `--freeze_text` then trains the UNet only, so the text encoder cannot merge them again; `--scratch` starts from a
 freshly initialised UNet and text encoder instead of `--model`'s (keeping its VAE and tokenizer).
 
+`ground`: the recipe's own UNet training (`dsd_nb.scene_sd.train_denoiser`, resumable; batch `--batch`, lr `--lr`, all
+timesteps, EMA 0.995) on the same 8000 pretraining scenes (30% single objects), with `--ground W` times the recipe's
+grounding loss (each colour, shape and size word's attention mass inside its object's mask) added to the epsilon MSE
+at every timestep, so that where the noise hides the image, a word's attention can only land on its object if the
+model knows from the caption where that object goes. With `--split_words --freeze_text` as in `pretrain`. Saves the
+EMA pipeline under `--out` every 10 minutes.
+
 `words`: does the model read a caption's direction? For 60 validation scenes, the mean squared change of the text
 embedding and of the noise prediction (timesteps 589, 789, 989, the true image noised) when the caption's subject
 and object are swapped, its relation word is replaced by the opposite one (left <-> right, above <-> below), by one
@@ -47,6 +54,7 @@ UNet's (captions re-encoded with grad each step).
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --minutes 32 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --split_words --freeze_text --out runs/order-pretrain-L --tag L
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --model runs/order-pretrain-L/step<N> --minutes 40 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --freeze_text --out runs/order-pretrain-L2 --tag L2
     HF_HUB_OFFLINE=1 python bench/order_probe.py pretrain --model runs/order-pretrain-L2/step<N> --minutes 30 --t0 300 --lr 3e-4 --batch 64 --absolute 0.5 --out runs/order-pretrain-L3 --tag L3
+    HF_HUB_OFFLINE=1 python bench/order_probe.py ground --split_words --freeze_text --ground 0.3 --batch 32 --lr 3e-4 --minutes 45 --out runs/order-ground-N --tag N
     HF_HUB_OFFLINE=1 python bench/order_probe.py timesteps --model runs/order-pretrain/step<N>  # N: the last step saved
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --tag A
     HF_HUB_OFFLINE=1 python bench/order_probe.py learn --steps 300 --t0 500 --tag B
@@ -230,6 +238,36 @@ def learn(pipe, a):
         if (step + 1) % a.eval == 0: report(step + 1)
 
 
+def split_direction_words(te, tok, seed:int):
+    "Give each opposite word its own embedding again: 'right', 'below', 'under' move away from 'left', 'above', 'over'."
+    import torch
+    W, g = te.get_input_embeddings().weight, torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        scale = (W[token_row(tok, "red")] - W[token_row(tok, "blue")]).norm()  # a step as large as the one between two colours
+        for w in ("right", "below", "under"):
+            r = torch.randn(W.shape[1], generator=g).to(W.device)  # drawn on the CPU: the same step on every device
+            W[token_row(tok, w)] += r / r.norm() * scale
+
+
+def ground(pipe, a):
+    "The recipe's own UNet training (`scene_sd.train_denoiser`: epsilon MSE + `--ground` x its grounding loss, all timesteps), resumable, saving the EMA pipeline every 10 minutes."
+    import time
+    from pathlib import Path
+    from diffusers import DDPMScheduler
+    from dsd_nb.models import save_pipeline
+    from dsd_nb.scene_sd import latent_pool, train_denoiser, assemble_pipeline
+    if a.split_words: split_direction_words(pipe.text_encoder, pipe.tokenizer, a.seed)
+    comps = dict(unet=pipe.unet, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, vae=pipe.vae,
+                 scheduler=DDPMScheduler.from_config(pipe.scheduler.config))  # the training noise schedule of the recipe (same betas)
+    pool = latent_pool(pipe.vae, 8000, seed=11, p_single=0.3, progress=False)  # fresh pretraining-split scenes, 30% single objects
+    t0, out = time.time(), Path(a.out)
+    while (left := a.minutes - (time.time() - t0) / 60) > 0.5:  # chunks of at most 10 minutes, each resuming from the last checkpoint
+        done, log, ema = train_denoiser(comps, pool, out / "ckpt", steps=10**6, batch_size=a.batch, lr=a.lr, ema_decay=0.995, seed=a.seed,
+                                        max_minutes=min(10, left), progress=False, ground_weight=a.ground, train_text_encoder=not a.freeze_text)
+        print(a.tag, done, f"{time.time() - t0:.0f} s", "loss", [round(x[1], 4) for x in log[-4:]], flush=True)
+        save_pipeline(assemble_pipeline(comps, unet=ema), out / f"step{done}", overwrite=True); print(a.tag, "saved", out / f"step{done}", flush=True)
+
+
 def pretrain(pipe, a):
     "Continue the model's own denoising training (epsilon MSE, UNet + text encoder) on fresh two-object scenes (with --absolute, 30% single objects)."
     import copy, random, torch, torch.nn.functional as F
@@ -252,13 +290,7 @@ def pretrain(pipe, a):
         from dsd_nb.scene_sd import scene_sd_components
         fresh = scene_sd_components(seed=a.seed)
         pipe.unet, pipe.text_encoder = unet, te = fresh["unet"].to(vae.device), fresh["text_encoder"].to(vae.device)
-    if a.split_words:  # give each opposite word its own embedding again: "right", "below", "under" move away from "left", "above", "over"
-        W, g = te.get_input_embeddings().weight, torch.Generator().manual_seed(a.seed)
-        with torch.no_grad():
-            scale = (W[token_row(tok, "red")] - W[token_row(tok, "blue")]).norm()  # a step as large as the one between two colours
-            for w in ("right", "below", "under"):
-                r = torch.randn(W.shape[1], generator=g).to(W.device)  # drawn on the CPU: the same step on every device
-                W[token_row(tok, w)] += r / r.norm() * scale
+    if a.split_words: split_direction_words(te, tok, a.seed)
     unet.requires_grad_(True); unet.train()
     te.requires_grad_(not a.freeze_text); te.train(not a.freeze_text)
     params = list(unet.parameters()) + ([] if a.freeze_text else list(te.parameters()))
@@ -289,7 +321,7 @@ def pretrain(pipe, a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("timesteps", "generate", "words", "learn", "pretrain"))
+    ap.add_argument("probe", choices=("timesteps", "generate", "words", "learn", "pretrain", "ground"))
     ap.add_argument("--model", default="scene-sd"); ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--kinds", default="order"); ap.add_argument("--direction", default="t2i")
     ap.add_argument("--steps", type=int, default=300, help="learn: training steps (the other probes use the 10-step DSD grid)")
@@ -308,6 +340,7 @@ def main():
     ap.add_argument("--split_words", action="store_true", help="pretrain: first move 'right', 'below', 'under' away from their opposites' token embeddings")
     ap.add_argument("--freeze_text", action="store_true", help="pretrain: train the UNet only (the text encoder stays as it is)")
     ap.add_argument("--minutes", type=float, default=24); ap.add_argument("--out", default="runs/order-pretrain")
+    ap.add_argument("--ground", type=float, default=0.3, help="ground: weight of the grounding loss (the recipe's stage 3 uses 0.05)")
     ap.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, auto, ... (random draws stay on the CPU)")
     a = ap.parse_args()
     for k in ("n", "steps", "batch", "shots", "eval"):
@@ -322,6 +355,7 @@ def main():
     elif a.probe == "generate": generate(pipe, a.n)
     elif a.probe == "words": words(pipe, min(a.n, 60))
     elif a.probe == "pretrain": pretrain(pipe, a)
+    elif a.probe == "ground": ground(pipe, a)
     else: learn(pipe, a)
 
 
