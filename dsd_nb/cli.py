@@ -30,9 +30,10 @@ def read_captions_file(path:str|Path)->list: # list of str
     `./-`). Raises `DSDInputError` for a missing, unreadable, too large (over `MAX_CAPTIONS_BYTES`), non-UTF-8 or empty file."""
     p = Path(path).expanduser()
     try:
-        if str(path) == "-":
+        if isinstance(path, str) and path == "-":  # (not Path("./-"), a file named -)
             p = "standard input"
             if sys.stdin is None: raise DSDInputError("captions file '-' means standard input, and this process has none")
+            if sys.stdin.isatty(): sys.stderr.write("reading captions from the terminal, one per line; end with Ctrl-D (Ctrl-Z Enter on Windows)\n")
             raw = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_CAPTIONS_BYTES + 1)
             if isinstance(raw, str): raw = raw.encode("utf-8")  # a text-only stand-in for stdin (as in some notebooks)
         else:
@@ -54,7 +55,9 @@ MAX_STDIN_IMAGE_BYTES = 256 * 2**20  # an image on standard input larger than th
 def read_stdin_image()->bytes:
     "The bytes of an image file on standard input (`dsd-score - ... < photo.png`); `DSDInputError` when there is none or it is over `MAX_STDIN_IMAGE_BYTES`."
     if sys.stdin is None: raise DSDInputError("image '-' means standard input, and this process has none")
-    raw = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_STDIN_IMAGE_BYTES + 1)
+    if sys.stdin.isatty(): raise DSDInputError("image '-' reads an image file from standard input, which is a terminal here: use `< photo.png` or a pipe")
+    try: raw = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_STDIN_IMAGE_BYTES + 1)
+    except OSError as e: raise DSDInputError(f"standard input cannot be read: {e.strerror or e}") from e
     if isinstance(raw, str): raise DSDInputError("image '-' needs binary standard input (as from `< photo.png`)")
     if len(raw) > MAX_STDIN_IMAGE_BYTES: raise DSDInputError(f"the image on standard input is larger than {MAX_STDIN_IMAGE_BYTES // 2**20} MiB")
     if not raw: raise DSDInputError("image '-' means standard input, and it was empty: pipe an image file in (`< photo.png`)")
@@ -86,7 +89,8 @@ def score_command(image:Param("image file to score (PNG, JPEG, ...; '-': standar
     reference_timesteps(steps); check_seed(seed)  # cheap checks before the model loads
     if seed >= MAX_SEED: raise DSDInputError(f"seed must be below {MAX_SEED}")
     if chunk_size < 1: raise DSDInputError(f"chunk_size must be a positive integer, got {chunk_size}")
-    image = load_image(read_stdin_image() if image_arg == "-" else image)  # a bad image path is reported before a (possibly large) model loads
+    try: image = load_image(read_stdin_image() if image_arg == "-" else image)  # a bad image path is reported before a (possibly large) model loads
+    except DSDInputError as e: raise DSDInputError(str(e).replace("the image (given as bytes)", "the image on standard input")) from None
     pipe = load_pipeline(model, device=device, dtype=dtype)
     scorer = DSDScorer(pipe, mode=mode, steps=steps, seed=seed, layers=lay, resize=resize, chunk_size=chunk_size, progress=None, token_mask=token_mask)
     res = scorer.score(image, caps, details=True)

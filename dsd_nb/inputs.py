@@ -55,8 +55,8 @@ def load_image(src, # a path (str or Path), raw bytes, or a PIL image
     "Open an image as RGB, with `DSDInputError` for missing, empty, corrupt, non-image or tiny (< 8 px) inputs."
     if isinstance(src, PIL.Image.Image): return _check_size(to_rgb(src, background), "the image")
     if isinstance(src, (bytes, bytearray)):
-        what, fobj = "the image bytes", io.BytesIO(src)
-        if not src: raise DSDInputError("the image bytes are empty")
+        what, fobj = "the image (given as bytes)", io.BytesIO(src)
+        if not src: raise DSDInputError("the image (given as bytes) is empty (0 bytes)")
     elif isinstance(src, (str, Path)):
         p = Path(src).expanduser()
         what, fobj = f"image file '{p}'", p

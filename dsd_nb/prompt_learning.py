@@ -111,9 +111,9 @@ def _add_adapter(unet, config, name):
 def add_lora(pipe, name:str="default", rank:int=4, alpha:float|None=None, layers:str="all", init:str="gaussian",
              seed:int=0)->int: # number of trainable parameters
     "Freeze the pipeline and attach a new LoRA adapter `name` to its UNet (seeded init); it becomes the active adapter."
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
     if name in getattr(pipe.unet, "peft_config", {}): raise DSDInputError(f"the UNet already has an adapter named {name!r}")
-    config = lora_config(rank, alpha, layers, init); check_lora_rank(pipe.unet, rank, layers)
+    config = lora_config(rank, alpha, layers, init); check_lora_rank(pipe.unet, rank, layers)  # a refused call changes nothing
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(check_seed(seed))
         _add_adapter(pipe.unet, config, name)

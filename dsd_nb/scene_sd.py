@@ -300,7 +300,9 @@ def assemble_pipeline(comps:dict, unet=None)->StableDiffusionPipeline:
     return pipe
 
 # %% ../nbs/07_scene_sd.ipynb #492ee0b8
-_LATER_KEYS = {"ground_lse_weight"}  # settings added after the first runs wrote settings.json: an older one lacks them
+_LATER_KEYS = {"ground_lse_weight": 0.0}  # settings added after the first runs wrote settings.json, with the value those runs had (no LSE term)
+
+def _setting(record:dict, k:str): return record.get(k, _LATER_KEYS.get(k))  # a recorded setting; an older record's missing one as it was then
 
 def _check_resume(out:Path, settings:dict):
     "Refuse to continue a run in `out` with other settings (stage 3's may change until it starts); records them in settings.json."
@@ -315,7 +317,7 @@ def _check_resume(out:Path, settings:dict):
             raise DSDInputError(f"{f} is not a dsd-train-scene-sd settings file (it lacks the run's " + ", ".join(miss[:3])
                                 + (f" and {len(miss) - 3} more" if len(miss) > 3 else "") + "): use another output folder")
         started = (out / "ground_ckpt" / "last" / "state.json").exists()
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and (started or not k.startswith("ground_"))}
+        diff = {k: (_setting(old, k), v) for k, v in settings.items() if _setting(old, k) != v and (started or not k.startswith("ground_"))}
         if diff: raise DSDInputError(f"{out} holds a run with other settings (" + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
                                      + "): resume with the same settings or use another output folder")
     write_atomic(f, json.dumps(settings, indent=1))
@@ -326,7 +328,9 @@ def _finished(out:Path, settings:dict)->bool:
     "Whether `out` holds a pipeline finished with exactly these settings (its recipe.json records them; stage 3 may be added later)."
     try: recipe = json.loads((out / "recipe.json").read_text())
     except (OSError, ValueError): return False
-    return (out / "pipeline" / "model_index.json").exists() and isinstance(recipe, dict) and all(recipe.get(k) == v for k, v in settings.items())
+    if not ((out / "pipeline" / "model_index.json").exists() and isinstance(recipe, dict)): return False
+    no_stage3 = settings["ground_steps"] == 0 and _setting(recipe, "ground_steps") == 0  # then stage 3's other settings do not matter
+    return all(_setting(recipe, k) == v for k, v in settings.items() if not (no_stage3 and k.startswith("ground_")))
 
 def _free_name(p:Path)->Path:
     "`p`, or the first of `p` with -1, -2, ... after its stem that is not taken."
@@ -335,10 +339,13 @@ def _free_name(p:Path)->Path:
     return q
 
 def _keep_earlier(out:Path)->Path|None:
-    "Move an existing `out/pipeline` aside to `out/pipeline-stage2` (or -1, -2, ...) with a copy of `out/recipe.json`; returns where it went. Nothing is removed or overwritten."
+    "Move an existing `out/pipeline` aside, with a copy of `out/recipe.json`: to `out/pipeline-stage2` when that recipe had no stage 3, else `out/pipeline-earlier` (or -1, -2, ...); returns where it went. Nothing is removed or overwritten."
     p = out / "pipeline"
     if not os.path.lexists(p): return None
-    kept = _free_name(out / "pipeline-stage2")
+    try: recipe = json.loads((out / "recipe.json").read_text())
+    except (OSError, ValueError): recipe = None
+    stage2 = isinstance(recipe, dict) and _setting(recipe, "ground_steps") == 0
+    kept = _free_name(out / ("pipeline-stage2" if stage2 else "pipeline-earlier"))
     p.rename(kept)
     if (out / "recipe.json").is_file() and kept.is_dir() and not kept.is_symlink(): shutil.copy2(out / "recipe.json", _free_name(kept / "recipe.json"))
     return kept
@@ -394,9 +401,12 @@ def train_scene_sd(out, # output folder
                                           train_text_encoder=ground_text_encoder, lse_weight=ground_lse_weight, desc="grounding")
         if gdone < ground_steps: return None
     pipe = assemble_pipeline(comps, unet=ema).to("cpu")
+    new = out / ".pipeline.new"  # our own temporary name: complete before anything is moved
+    if new.exists(): shutil.rmtree(new)
+    save_pipeline(pipe, new)
     if kept := _keep_earlier(out):  # stage 3 added to a finished run: its stage-2 pipeline (or a user's folder) stays
         if progress: print(f"the earlier {out / 'pipeline'} is kept as {kept}", file=sys.stderr)
-    save_pipeline(pipe, out / "pipeline")
+    new.rename(out / "pipeline")
     write_atomic(out / "recipe.json", json.dumps(dict(**settings, device=str(dev), architecture=SCENE_SD, minutes_this_call=(time.time() - t0) / 60,
         vae_log=vlog, unet_log=ulog, ground_log=glog, torch=torch.__version__, **({"earlier_pipeline": kept.name} if kept else {})), indent=1))
     return out / "pipeline"
@@ -417,7 +427,7 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
                        device:Param("where to train: auto, cpu, cuda, cuda:N or mps", str)="cpu",
                        threads:Param("torch CPU threads (default: torch's choice)", int)=None):
     "Train the scene-world Stable Diffusion (resumable: run it again to continue)."
-    import inspect, sys
+    import inspect, re, sys
     console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
     try:
         if threads is not None and not 1 <= threads <= 4 * (os.cpu_count() or 1):
@@ -426,8 +436,9 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
         p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)
     except (DSDInputError, OSError) as e:
-        msg = str(e)  # a message that starts with a setting's name names its flag
-        if isinstance(e, DSDInputError) and msg.split(" ", 1)[0] in inspect.signature(dsd_train_scene_sd).parameters: msg = "--" + msg
+        msg = str(e)  # a message about a setting ("vae_steps must be ...") names its flag
+        names = "|".join(k for k in inspect.signature(dsd_train_scene_sd).parameters if k != "out")
+        if isinstance(e, DSDInputError) and re.match(rf"({names}) (must|is) ", msg): msg = "--" + msg
         sys.stderr.write(f"dsd-train-scene-sd: error: {msg}\n"); sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write(f"dsd-train-scene-sd: interrupted; run the same command again to continue from the last checkpoint in {out}\n"); sys.exit(130)

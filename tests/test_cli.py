@@ -29,7 +29,7 @@ def _exe():
 def _run(args, cache, input=None):
     env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
     env.update(HF_HUB_OFFLINE="1", DSD_NB_CACHE=str(cache))  # the CLI itself must keep the libraries quiet
-    return subprocess.run([_exe(), *map(str, args)], capture_output=True, text=True, env=env, timeout=300, input=input)
+    return subprocess.run([_exe(), *map(str, args)], capture_output=True, text=True, encoding="utf-8", env=env, timeout=300, input=input)
 
 
 def _jobs(img, tmp):

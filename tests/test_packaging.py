@@ -1,7 +1,7 @@
 """What `pip install dsd_nb` gives a user: a wheel built from this checkout holds the package, both built-in models
 and the console scripts, and the installed copy scores offline with the embedded default model, away from the
 checkout, exactly as the development install does."""
-import json, os, shutil, subprocess, sys, zipfile
+import importlib.util, json, os, shutil, subprocess, sys, zipfile
 from pathlib import Path
 
 import pytest
@@ -14,16 +14,20 @@ MODEL_FILES = ["model_index.json", "unet/diffusion_pytorch_model.safetensors", "
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     "A wheel of this checkout (no dependencies, no build isolation: offline), and a folder it is installed into."
-    pytest.importorskip("setuptools", reason="building a wheel needs setuptools in the environment")
+    for mod in ("pip", "setuptools"):  # looked up, not imported: importing both here trips setuptools' distutils shim
+        if importlib.util.find_spec(mod) is None: pytest.skip(f"building a wheel needs {mod} in the environment")
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True)
+    if files.returncode != 0 or not files.stdout: pytest.skip("not a git checkout: the wheel is built from the files git tracks")
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"  # a copy: setuptools writes build/ and *.egg-info next to setup.py
-    shutil.copytree(ROOT / "dsd_nb", src / "dsd_nb", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for f in ("setup.py", "settings.ini", "MANIFEST.in", "README.md", "LICENSE"): shutil.copy2(ROOT / f, src / f)
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
+    src = tmp / "src"  # a copy of every tracked file (tests, notebooks and all): setuptools writes build/ and *.egg-info next to setup.py
+    for f in files.stdout.decode().split("\0"):
+        if f and (ROOT / f).is_file(): (src / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT / f, src / f)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]  # offline: no index, no version check
+    r = subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"), str(src)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     whl, = (tmp / "dist").glob("dsd_nb-*.whl")
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(tmp / "site"), str(whl)],
+    r = subprocess.run([*pip, "install", "-q", "--no-deps", "--no-index", "--target", str(tmp / "site"), str(whl)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return whl, tmp / "site"
