@@ -38,3 +38,14 @@ def test_readme_commands_match_index_notebook():
 def test_bash_block_parser():
     md = "intro\n```bash\npip install x\n```\ntext\n```python\nprint(1)\n```\n```bash\nx --help\ny\n```\n"
     assert _bash_blocks(md) == ["pip install x", "x --help\ny"]
+
+
+def test_readme_prose_matches_index_notebook():
+    "The README is kept in step with the index notebook by hand (nbdev_readme needs Quarto): every paragraph of its prose is in one of the notebook's markdown cells."
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("\r\n", "\n")
+    prose = re.sub(r"^```.*?^```[ \t]*$", "", readme, flags=re.S | re.M)  # fenced blocks are checked above (bash) or are code cells
+    md = "\n\n".join(_markdown_cells(ROOT / "nbs" / "index.ipynb"))
+    paragraphs = [p.strip() for p in prose.split("\n\n") if p.strip()]
+    assert len(paragraphs) > 10, paragraphs
+    stale = [p for p in paragraphs if p not in md]
+    assert not stale, "README.md paragraphs not in nbs/index.ipynb (edit both):\n" + "\n---\n".join(p[:300] for p in stale)
