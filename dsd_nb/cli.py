@@ -24,6 +24,12 @@ from .inputs import RESIZE_MODES
 # %% ../nbs/05_cli.ipynb #155484b0
 MAX_CAPTIONS_BYTES = 16 * 2**20  # a captions file larger than this is not a list of captions (16 MiB)
 
+def _read_stdin(limit:int, what:str)->bytes:
+    "At most `limit` bytes of standard input, for `what` ('-' on the command line)."
+    if sys.stdin is None: raise DSDInputError(f"{what} means standard input, and this process has none")
+    raw = getattr(sys.stdin, "buffer", sys.stdin).read(limit)
+    return raw.encode("utf-8") if isinstance(raw, str) else raw  # a text-only stand-in for stdin (as in some notebooks)
+
 def read_captions_file(path:str|Path)->list: # list of str
     """Captions from a UTF-8 text file, one per line; blank lines and '#' comments skipped. Any readable path works, a pipe
     or bash's `<(...)` too (a pipe is read until its writer closes it); `-` reads standard input (a file named `-` is
@@ -32,10 +38,8 @@ def read_captions_file(path:str|Path)->list: # list of str
     try:
         if isinstance(path, str) and path == "-":  # (not Path("./-"), a file named -)
             p = "standard input"
-            if sys.stdin is None: raise DSDInputError("captions file '-' means standard input, and this process has none")
-            if sys.stdin.isatty(): sys.stderr.write("reading captions from the terminal, one per line; end with Ctrl-D (Ctrl-Z Enter on Windows)\n")
-            raw = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_CAPTIONS_BYTES + 1)
-            if isinstance(raw, str): raw = raw.encode("utf-8")  # a text-only stand-in for stdin (as in some notebooks)
+            if sys.stdin is not None and sys.stdin.isatty(): sys.stderr.write("reading captions from the terminal, one per line; end with Ctrl-D (Ctrl-Z Enter on Windows)\n")
+            raw = _read_stdin(MAX_CAPTIONS_BYTES + 1, "captions file '-'")
         else:
             if p.is_dir(): raise DSDInputError(f"captions file '{p}' is a folder, not a text file")
             if not p.exists(): raise DSDInputError(f"captions file '{p}' does not exist: check the path")
@@ -54,11 +58,9 @@ MAX_STDIN_IMAGE_BYTES = 256 * 2**20  # an image on standard input larger than th
 
 def read_stdin_image()->bytes:
     "The bytes of an image file on standard input (`dsd-score - ... < photo.png`); `DSDInputError` when there is none or it is over `MAX_STDIN_IMAGE_BYTES`."
-    if sys.stdin is None: raise DSDInputError("image '-' means standard input, and this process has none")
-    if sys.stdin.isatty(): raise DSDInputError("image '-' reads an image file from standard input, which is a terminal here: use `< photo.png` or a pipe")
-    try: raw = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_STDIN_IMAGE_BYTES + 1)
+    if sys.stdin is not None and sys.stdin.isatty(): raise DSDInputError("image '-' reads an image file from standard input, which is a terminal here: use `< photo.png` or a pipe")
+    try: raw = _read_stdin(MAX_STDIN_IMAGE_BYTES + 1, "image '-'")
     except OSError as e: raise DSDInputError(f"standard input cannot be read: {e.strerror or e}") from e
-    if isinstance(raw, str): raise DSDInputError("image '-' needs binary standard input (as from `< photo.png`)")
     if len(raw) > MAX_STDIN_IMAGE_BYTES: raise DSDInputError(f"the image on standard input is larger than {MAX_STDIN_IMAGE_BYTES // 2**20} MiB")
     if not raw: raise DSDInputError("image '-' means standard input, and it was empty: pipe an image file in (`< photo.png`)")
     return raw
@@ -89,8 +91,7 @@ def score_command(image:Param("image file to score (PNG, JPEG, ...; '-': standar
     reference_timesteps(steps); check_seed(seed)  # cheap checks before the model loads
     if seed >= MAX_SEED: raise DSDInputError(f"seed must be below {MAX_SEED}")
     if chunk_size < 1: raise DSDInputError(f"chunk_size must be a positive integer, got {chunk_size}")
-    try: image = load_image(read_stdin_image() if image_arg == "-" else image)  # a bad image path is reported before a (possibly large) model loads
-    except DSDInputError as e: raise DSDInputError(str(e).replace("the image (given as bytes)", "the image on standard input")) from None
+    image = load_image(read_stdin_image(), name="the image on standard input") if image_arg == "-" else load_image(image)  # a bad image is reported before a (possibly large) model loads
     pipe = load_pipeline(model, device=device, dtype=dtype)
     scorer = DSDScorer(pipe, mode=mode, steps=steps, seed=seed, layers=lay, resize=resize, chunk_size=chunk_size, progress=None, token_mask=token_mask)
     res = scorer.score(image, caps, details=True)

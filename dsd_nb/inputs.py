@@ -50,13 +50,14 @@ def _check_size(img, what):
     return img
 
 def load_image(src, # a path (str or Path), raw bytes, or a PIL image
-               background:tuple=(255, 255, 255) # composited under transparent pixels
+               background:tuple=(255, 255, 255), # composited under transparent pixels
+               name:str|None=None # what error messages call bytes `src` (default "the image (given as bytes)")
               )->PIL.Image.Image: # 'RGB'
     "Open an image as RGB, with `DSDInputError` for missing, empty, corrupt, non-image or tiny (< 8 px) inputs."
     if isinstance(src, PIL.Image.Image): return _check_size(to_rgb(src, background), "the image")
     if isinstance(src, (bytes, bytearray)):
-        what, fobj = "the image (given as bytes)", io.BytesIO(src)
-        if not src: raise DSDInputError("the image (given as bytes) is empty (0 bytes)")
+        what, fobj = name or "the image (given as bytes)", io.BytesIO(src)
+        if not src: raise DSDInputError(f"{what} is empty (0 bytes)")
     elif isinstance(src, (str, Path)):
         p = Path(src).expanduser()
         what, fobj = f"image file '{p}'", p

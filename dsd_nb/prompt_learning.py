@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout, console_setup, check_max_minutes, make_folder
+from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout, console_setup, check_max_minutes, make_folder, flag_message
 from .attention import AttentionCapture
 from .inputs import load_image
 from .scoring import DSDScorer, MODES, encode_captions
@@ -784,7 +784,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
               val_seeds:Param("seeds the validation averages over, comma-separated like 0,1,2 (default: --seed): noise banks with --val_steps, else the seeds of its random draws", str)=None,
               max_minutes:Param("stop after a checkpoint when this call has run this long", float)=None):
     "Few-shot prompt learning: train a LoRA adapter (or a soft prompt) with a ranking loss on DSD scores (resumable)."
-    import sys
+    import inspect, sys
     console_setup()  # progress bars stop, not the run, when stderr's reader goes away; SIGTERM cleans up like Ctrl-C
     from dsd_nb.models import load_pipeline
     try:
@@ -813,7 +813,7 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
                                 mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
                                 val_every=val_every, ckpt_every=ckpt_every, keep_best=keep_best, val_steps=val_steps, val_seeds=vseeds)
         except DSDInputError as e:  # the config's field names are the flags' names, except n_draws (--draws)
-            msg = str(e); raise DSDInputError("--" + ("draws" + msg[7:] if msg.startswith("n_draws") else msg)) from None
+            raise DSDInputError(flag_message(str(e), {**{k: k for k in inspect.signature(dsd_train).parameters}, "n_draws": "draws"})) from None
         _check_config(cfg); lora_config(rank, alpha, lora_layers); ranking_loss([torch.zeros(2)], loss)
         if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, k if isinstance(k, int) else 0), seed=0, direction=direction)
         else: pool = comvg_ranking_examples(dataset, images_dir)

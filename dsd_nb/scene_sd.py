@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, _fork_seed, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup, check_seed, check_max_minutes, make_folder
+from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup, check_seed, check_max_minutes, make_folder, flag_message
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,
@@ -318,7 +318,7 @@ def _check_resume(out:Path, settings:dict):
                                 + (f" and {len(miss) - 3} more" if len(miss) > 3 else "") + "): use another output folder")
         started = (out / "ground_ckpt" / "last" / "state.json").exists()
         diff = {k: (_setting(old, k), v) for k, v in settings.items() if _setting(old, k) != v and (started or not k.startswith("ground_"))}
-        if diff: raise DSDInputError(f"{out} holds a run with other settings (" + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        if diff: raise DSDInputError(f"the output folder {out} holds a run with other settings (" + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
                                      + "): resume with the same settings or use another output folder")
     write_atomic(f, json.dumps(settings, indent=1))
 
@@ -427,7 +427,7 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
                        device:Param("where to train: auto, cpu, cuda, cuda:N or mps", str)="cpu",
                        threads:Param("torch CPU threads (default: torch's choice)", int)=None):
     "Train the scene-world Stable Diffusion (resumable: run it again to continue)."
-    import inspect, re, sys
+    import inspect, sys
     console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
     try:
         if threads is not None and not 1 <= threads <= 4 * (os.cpu_count() or 1):
@@ -436,9 +436,7 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
         p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)
     except (DSDInputError, OSError) as e:
-        msg = str(e)  # a message about a setting ("vae_steps must be ...") names its flag
-        names = "|".join(k for k in inspect.signature(dsd_train_scene_sd).parameters if k != "out")
-        if isinstance(e, DSDInputError) and re.match(rf"({names}) (must|is) ", msg): msg = "--" + msg
+        msg = flag_message(str(e), {k: k for k in inspect.signature(dsd_train_scene_sd).parameters}) if isinstance(e, DSDInputError) else str(e)
         sys.stderr.write(f"dsd-train-scene-sd: error: {msg}\n"); sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write(f"dsd-train-scene-sd: interrupted; run the same command again to continue from the last checkpoint in {out}\n"); sys.exit(130)
