@@ -11,8 +11,8 @@ from diffusers import UNet2DConditionModel
 from .core import DSDInputError
 
 # %% auto #0
-__all__ = ['LAYER_PRESETS', 'capture', 'CrossAttnLayer', 'cross_attention_layers', 'select_layers', 'LSECaptureProcessor',
-           'AttentionCapture']
+__all__ = ['LAYER_PRESETS', 'ROWS_KEY', 'CrossAttnLayer', 'cross_attention_layers', 'select_layers', 'Rows', 'AttentionObserver',
+           'LSECaptureProcessor', 'AttentionCapture']
 
 # %% ../nbs/03_attention.ipynb #32542371
 @dataclass(frozen=True)
@@ -99,13 +99,50 @@ def select_layers(unet:UNet2DConditionModel,
     if not out: raise DSDInputError("the layer selection is empty")
     return out
 
+# %% ../nbs/03_attention.ipynb #2d6ad174
+ROWS_KEY = "dsd_rows"  # the `cross_attention_kwargs` key under which a UNet call carries its `Rows`
+
+@dataclass
+class Rows:
+    "What each of the R rows of one UNet call is (every field optional: a plain call may describe only its key mask)."
+    block: torch.Tensor|None = None # [R] int64: the row's block in the scoring call
+    image: torch.Tensor|None = None # [R] int64: the image's index within its block
+    caption: torch.Tensor|None = None # [R] int64: the caption's index within its block; -1 for the empty caption
+    timestep: torch.Tensor|None = None # [R] int64 timesteps in 0..999
+    key_mask: torch.Tensor|None = None # [R, L] bool: the text positions each row's log-sum-exp runs over; None: all L
+
+class AttentionObserver:
+    "Watches cross-attention; override what you need. `wants_probs`: also receive the softmax probabilities."
+    wants_probs = False
+    def start(self, blocks:list, scorer)->None:
+        "Called by a scorer before the first UNet call of a scoring call, with its blocks."
+    def attention(self, layer, # the `CrossAttnLayer`
+                  rows:Rows|None, # what the call's rows are (None when the caller did not say)
+                  lse:torch.Tensor, # [R, heads, pixels] fp32 log-sum-exp over the rows' key positions
+                  probs:torch.Tensor|None # [R, heads, pixels, tokens] fp32, or None unless `wants_probs`
+                 )->None:
+        "Called for every hooked layer of every UNet call."
+    def scored(self, result)->None:
+        "Called by a scorer with the `ScoreResult` of a scoring call."
+
 # %% ../nbs/03_attention.ipynb #3a00ea3a
 class LSECaptureProcessor:
     "An attention processor that reproduces `AttnProcessor2_0` exactly and reports the log-sum-exp of the query-key logits."
     def __init__(self, layer:CrossAttnLayer, observers:list):
         self.layer, self.observers = layer, list(observers)
+        self.wants_probs = any(o.wants_probs for o in self.observers)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def _observe(self, attn, query, key, attention_mask, rows):
+        logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale  # [b, heads, pixels, tokens]
+        if attention_mask is not None: logits = logits + attention_mask.float()
+        km = None if rows is None else rows.key_mask  # [b, tokens] bool: the log-sum-exp counts these positions only
+        if km is not None and tuple(km.shape) != (logits.shape[0], logits.shape[-1]):
+            raise DSDInputError(f"key_mask has shape {tuple(km.shape)}, but this call has {logits.shape[0]} rows of {logits.shape[-1]} tokens")
+        lse = (logits if km is None else logits.masked_fill(~km.to(logits.device)[:, None, None, :], float("-inf"))).logsumexp(-1)
+        probs = torch.softmax(logits, dim=-1) if self.wants_probs else None
+        for o in self.observers: o.attention(self.layer, rows, lse, probs)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, dsd_rows=None, *args, **kwargs):
         residual = hidden_states
         if attn.spatial_norm is not None: hidden_states = attn.spatial_norm(hidden_states, temb)
         input_ndim = hidden_states.ndim
@@ -127,19 +164,7 @@ class LSECaptureProcessor:
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None: query = attn.norm_q(query)
         if attn.norm_k is not None: key = attn.norm_k(key)
-        # --- the DSD part: logits, their log-sum-exp over tokens, and (on request) probabilities
-        logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale  # [b, heads, pixels, tokens]
-        if attention_mask is not None: logits = logits + attention_mask.float()
-        lse = torch.logsumexp(logits, dim=-1)                                             # [b, heads, pixels]
-        probs = torch.softmax(logits, dim=-1) if any(o.wants_probs for o in self.observers) else None
-        for o in self.observers:
-            km = getattr(o, "key_mask", None)  # [b, tokens] bool: the observer's log-sum-exp runs over these tokens only
-            if km is not None:
-                if tuple(km.shape) != (logits.shape[0], logits.shape[-1]):
-                    raise DSDInputError(f"key_mask has shape {tuple(km.shape)}, but this call has {logits.shape[0]} rows of {logits.shape[-1]} tokens")
-                o._record(self.layer, logits.masked_fill(~km.to(logits.device)[:, None, None, :], float("-inf")).logsumexp(-1), probs)
-            else: o._record(self.layer, lse, probs)
-        # --- back to the stock computation
+        self._observe(attn, query, key, attention_mask, dsd_rows)  # the DSD part; then back to the stock computation
         hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -147,25 +172,32 @@ class LSECaptureProcessor:
         if attn.residual_connection: hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+class _PassRows:
+    "Wraps another attention module's processor for the time of a capture: takes the `Rows` keyword and calls the original without it."
+    def __init__(self, processor): self.processor = processor
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, dsd_rows=None, *args, **kwargs):
+        return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
 # %% ../nbs/03_attention.ipynb #6c68f84b
-class AttentionCapture:
+class AttentionCapture(AttentionObserver):
     "Capture cross-attention log-sum-exp (and optionally probabilities) from selected UNet layers; restores processors on exit."
     def __init__(self, unet:UNet2DConditionModel,
                  layers="reference", # "reference", "all_cross", or a list (see `select_layers`)
                  probs:bool=False, # also keep softmax probabilities [batch, heads, pixels, tokens] per layer
-                 detach:bool|None=None # detach captured tensors; None: detach unless gradients are enabled
+                 detach:bool|None=None, # detach captured tensors; None: detach unless gradients are enabled
+                 observers:tuple=() # more `AttentionObserver`s that see every hooked call
                 ):
         self.unet, self.layers, self.wants_probs, self.detach = unet, select_layers(unet, layers), probs, detach
-        self.lse, self.probs, self.latent_hw, self.calls = {}, {}, None, 0
-        self.key_mask = None  # None, or a [batch, tokens] bool tensor: the log-sum-exp then runs over the True tokens only (probabilities are unchanged)
+        self.observers = [self, *observers]
+        self.lse, self.probs, self.rows, self.latent_hw, self.calls = {}, {}, None, None, 0
         self._saved, self._hook, self._active = None, None, False
 
     @property
     def layer_names(self): return [l.name for l in self.layers]
 
-    def _record(self, layer, lse, probs):
+    def attention(self, layer, rows, lse, probs):
         det = (not torch.is_grad_enabled()) if self.detach is None else self.detach
-        self.lse[layer.name] = lse.detach() if det else lse
+        self.lse[layer.name], self.rows = (lse.detach() if det else lse), rows
         if self.wants_probs and probs is not None: self.probs[layer.name] = probs.detach() if det else probs
 
     def _pre_hook(self, module, args, kwargs):
@@ -173,15 +205,20 @@ class AttentionCapture:
         if sample is not None: self.latent_hw = tuple(sample.shape[-2:])
         self.calls += 1
 
+    def _install(self)->dict: # module name -> the processor this capture installed
+        chosen, out = {l.name: l for l in self.layers}, {}
+        for key, prev in self.unet.attn_processors.items():
+            name = key[:-len(".processor")]
+            if name in chosen:  # a layer another capture already watches keeps one processor with both observer lists
+                out[name] = LSECaptureProcessor(chosen[name], (prev.observers if isinstance(prev, LSECaptureProcessor) else []) + self.observers)
+            elif not isinstance(prev, (LSECaptureProcessor, _PassRows)): out[name] = _PassRows(prev)
+        return out
+
     def __enter__(self):
         if self._active: raise RuntimeError("this AttentionCapture is already active; create a new one to nest")
-        self._saved, self._installed = {}, {}
-        for l in self.layers:  # only the selected modules are touched; every other layer keeps its processor
-            mod = self.unet.get_submodule(l.name)
-            prev = mod.processor
-            observers = (prev.observers if isinstance(prev, LSECaptureProcessor) else []) + [self]
-            self._saved[l.name], self._installed[l.name] = prev, LSECaptureProcessor(l, observers)
-            mod.set_processor(self._installed[l.name])
+        self._installed = self._install()
+        self._saved = {n: self.unet.get_submodule(n).processor for n in self._installed}
+        for n, p in self._installed.items(): self.unet.get_submodule(n).set_processor(p)
         self._hook = self.unet.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         self._active = True
         return self
@@ -196,20 +233,24 @@ class AttentionCapture:
         self._active = False
         return False
 
-    def clear(self):
-        "Forget what was captured (call before each UNet call when reusing one capture)."
-        self.lse.clear(); self.probs.clear()
+# %% ../nbs/03_attention.ipynb #e8b67421
+from fastcore.basics import patch
 
-    def layer_means(self)->torch.Tensor: # [batch, n_layers] fp32
-        "Per-sample mean of the LSE over heads and pixels, one column per selected layer (in `layers` order)."
-        missing = [n for n in self.layer_names if n not in self.lse]
-        if missing: raise RuntimeError(f"no capture yet for {missing}: run the UNet inside the `with` block first")
-        return torch.stack([self.lse[n].mean(dim=(1, 2)) for n in self.layer_names], dim=1)
+@patch
+def clear(self:AttentionCapture):
+    "Forget what was captured (call before each UNet call when reusing one capture)."
+    self.lse.clear(); self.probs.clear(); self.rows = None
 
-    def lse_map(self, layer)->torch.Tensor: # [batch, heads, h, w]
-        "The LSE of one layer laid out on its query grid."
-        l = select_layers(self.unet, [layer])[0]
-        h, w = l.grid(self.latent_hw)
-        return self.lse[l.name].unflatten(-1, (h, w))
+@patch
+def layer_means(self:AttentionCapture)->torch.Tensor: # [batch, n_layers] fp32
+    "Per-sample mean of the LSE over heads and pixels, one column per selected layer (in `layers` order)."
+    missing = [n for n in self.layer_names if n not in self.lse]
+    if missing: raise RuntimeError(f"no capture yet for {missing}: run the UNet inside the `with` block first")
+    return torch.stack([self.lse[n].mean(dim=(1, 2)) for n in self.layer_names], dim=1)
 
-capture = AttentionCapture
+@patch
+def lse_map(self:AttentionCapture, layer)->torch.Tensor: # [batch, heads, h, w]
+    "The LSE of one layer laid out on its query grid."
+    l = select_layers(self.unet, [layer])[0]
+    h, w = l.grid(self.latent_hw)
+    return self.lse[l.name].unflatten(-1, (h, w))

@@ -11,11 +11,12 @@ from tqdm.auto import tqdm
 from diffusers.utils.torch_utils import randn_tensor
 from .core import DSDInputError, reference_timesteps, draw_noise, noise_scheduler, add_noise, epsilon_from_prediction, check_seed, MAX_SEED
 from .inputs import images_to_tensor, check_captions, RESIZE_MODES
-from .attention import AttentionCapture, select_layers
+from .attention import AttentionCapture, Rows, ROWS_KEY, select_layers
 from .models import check_pipeline
 
 # %% auto #0
-__all__ = ['MODES', 'TOKEN_MASKS', 'CaptionTruncatedWarning', 'encode_captions', 'ScoreResult', 'DSDScorer', 'dsd_score']
+__all__ = ['MODES', 'TOKEN_MASKS', 'CaptionTruncatedWarning', 'encode_captions', 'ScoreResult', 'timestep_scores', 'DSDScorer',
+           'Block', 'BlockTerms']
 
 # %% ../nbs/04_scoring.ipynb #ed51d414
 class CaptionTruncatedWarning(UserWarning):
@@ -43,10 +44,10 @@ class ScoreResult:
     "Scores plus their per-timestep, per-layer breakdown. Leading dims: [N images, M captions] (`score`) or [B pairs] (`score_pairs`)."
     scores: torch.Tensor # [N, M] or [B]: the final scores (mean over timesteps)
     per_timestep: torch.Tensor # [..., K]: the score at each timestep
-    attention: torch.Tensor # [..., K, L]: mean LSE over heads and pixels, per timestep and layer (caption pass)
-    error: torch.Tensor # [..., K]: ||eps - eps_hat(x_t, caption)||_2 over the latent
-    attention_uncond: torch.Tensor|None # [N or B, K, L]: the same for the empty caption (None if not run)
-    error_uncond: torch.Tensor|None # [N or B, K]: ||eps - eps_hat(x_t, "")||_2 (None if not run)
+    lse_mean: torch.Tensor # [..., K, L]: log-sum-exp over tokens, averaged over heads and pixels, per timestep and layer (caption rows)
+    sq_error: torch.Tensor # [..., K]: squared error ||eps - eps_hat(x_t, caption)||^2 summed over the latent
+    lse_mean_uncond: torch.Tensor|None # [N or B, K, L]: the same for the empty caption (None if not run)
+    sq_error_uncond: torch.Tensor|None # [N or B, K]: ||eps - eps_hat(x_t, "")||^2 (None if not run)
     timesteps: torch.Tensor # [K] int64
     layers: list # selected layer names, length L
     mode: str
@@ -61,8 +62,25 @@ class ScoreResult:
         return pd.DataFrame(dict(rank=range(1, len(s) + 1), score=[s[j].item() for j in order],
                                  caption=[self.captions[j] for j in order]))
 
-# %% ../nbs/04_scoring.ipynb #9dc18533
+# %% ../nbs/04_scoring.ipynb #e2813825
 MODES = ("dsd", "attention", "diffusion_itm")
+
+def timestep_scores(mode:str, # "dsd", "attention" or "diffusion_itm"
+                    attention:torch.Tensor, # [..., K] the attention term: mean log-sum-exp over layers
+                    sq_error:torch.Tensor, # [..., K] ||eps - eps_hat(x_t, caption)||^2
+                    sq_error_uncond:torch.Tensor|None=None, # [..., K] the same with the empty caption (dsd, normalised ITM)
+                    latent_numel:int=1, # d, elements of one latent (C*h*w), for diffusion_itm's mean squared error
+                    itm_normalize:bool=False # diffusion_itm: subtract the unconditional error
+                   )->torch.Tensor: # [..., K] fp32 score at each timestep
+    "The DSD score of each timestep in any mode (method notes, sections 2.8 to 2.11); raises `DSDInputError` for an unknown mode or a missing empty-caption error."
+    if mode not in MODES: raise DSDInputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode == "attention": return attention
+    if sq_error_uncond is None and (mode == "dsd" or itm_normalize):
+        raise DSDInputError(f"mode {mode!r}" + (" with itm_normalize" if mode != "dsd" else "") + " needs the empty caption's error")
+    if mode == "dsd": return attention + (sq_error_uncond.sqrt() - sq_error.sqrt())
+    return (sq_error_uncond - sq_error) / latent_numel if itm_normalize else -sq_error / latent_numel
+
+# %% ../nbs/04_scoring.ipynb #9dc18533
 TOKEN_MASKS = ("all", "real", "words")  # text positions the attention log-sum-exp runs over
 
 class DSDScorer:
@@ -112,7 +130,7 @@ class DSDScorer:
             raise DSDInputError(f"resolution {self.size} must be a positive multiple of the VAE factor {self.vae_factor}")
         self.latent_shape = (self.vae.config.latent_channels, self.size[0] // self.vae_factor, self.size[1] // self.vae_factor)
         self.noise = draw_noise((len(self.timesteps),) + self.latent_shape, seed, device=self.device)  # fp32 [K, C, h, w]
-        self._uncond, self._uncond_key = None, None
+        self._uncond, self._uncond_key, self._observers = None, None, []
 
     @property
     def device(self): return self._device
@@ -143,9 +161,11 @@ def encode_images(self:DSDScorer, images # paths, PIL images, bytes or [0, 1] te
     return torch.cat(means), torch.cat(stds)
 
 @patch
-def encode_captions(self:DSDScorer, captions)->torch.Tensor: # [M, L, D] in the model dtype
+def encode_captions(self:DSDScorer, captions,
+                    grad:bool=False # keep the text encoder's autograd graph (to train a soft prompt)
+                   )->torch.Tensor: # [M, L, D] in the model dtype
     "Encode validated captions once (see `encode_captions`)."
-    return encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, check_captions(captions)).to(self.dtype)
+    return encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, check_captions(captions), grad=grad).to(self.dtype)
 
 @patch
 def uncond_embedding(self:DSDScorer)->torch.Tensor: # [1, L, D]
@@ -179,7 +199,10 @@ def token_masks(self:DSDScorer, captions:list # M captions (already checked)
 
 # %% ../nbs/04_scoring.ipynb #c08cc57f
 @patch
-def _latents(self:DSDScorer, mean, std, parity_batch:int|None=None)->torch.Tensor: # [S, K or 1, C, h, w] fp32, VAE-scaled
+def clean_latents(self:DSDScorer, mean:torch.Tensor, std:torch.Tensor, # [S, C, h, w] posterior mean and std (`encode_images`)
+                  parity_batch:int|None=None # reference parity: the images form one reference batch of this size
+                 )->torch.Tensor: # [S, K or 1, C, h, w] fp32, VAE-scaled
+    "The clean latent z_0 of each image, VAE-scaled: one per image (the mean, or one seeded sample), or one per timestep in reference parity."
     sf = self.vae.config.scaling_factor
     if self.reference_parity:
         B = parity_batch or 1
@@ -193,64 +216,130 @@ def _latents(self:DSDScorer, mean, std, parity_batch:int|None=None)->torch.Tenso
     return (mean + std * u)[:, None] * sf
 
 # %% ../nbs/04_scoring.ipynb #07e6940a
-@patch
-def forward_rows(self:DSDScorer, cap:AttentionCapture, # an open capture of `self.layers` on `self.unet`
-                 z, # [R, C, h, w] fp32 clean latents, VAE-scaled
-                 eps, # [R, C, h, w] fp32 noise (epsilon)
-                 t, # [R] long timesteps in 0..999
-                 ctx, # [R, L, D] text embeddings in the model dtype
-                 unet=None,
-                 key_mask=None)->tuple: # [R, L] bool: the tokens each row's LSE runs over (see `token_masks`); None: all
-    "One UNet call on R rows: noise `z` to timestep `t` with `eps`, and read each row's per-layer mean LSE and squared noise-prediction error. Returns (attention [R, n_layers] fp32, squared error [R] fp32)."
-    x_t = add_noise(self.sched, z, eps, t)
-    cap.clear(); cap.key_mask = key_mask
-    try: pred = (unet if unet is not None else self.unet)(x_t.to(self.dtype), t, encoder_hidden_states=ctx).sample
-    finally: cap.key_mask = None
-    eps_hat = epsilon_from_prediction(self.sched, pred.float(), x_t, t)
-    return cap.layer_means(), (eps - eps_hat).pow(2).flatten(1).sum(1)
+@dataclass
+class Block:
+    "Some images x some captions scored together, with the timesteps and noise (epsilon) of their UNet rows."
+    latents: torch.Tensor # [I, K or 1, C, h, w] fp32 clean latents, VAE-scaled (`clean_latents`)
+    context: torch.Tensor # [M, L, D] caption embeddings in the model dtype
+    timesteps: torch.Tensor # [K] int64 in 0..999
+    noise: torch.Tensor # [K, C, h, w] fp32 epsilon: row k of every (image, text) in the block gets noise[k] at timesteps[k]
+    key_masks: torch.Tensor|None = None # [M, L] bool: the positions each caption's log-sum-exp counts (None: all)
+    pairs: list|None = None # (image, caption) index pairs to score; None: every image with every caption
+    captions: list = field(default_factory=list) # the caption texts (for observers)
+    images: object = None # the images as given (for observers)
+    @property
+    def pair_list(self)->list: return self.pairs if self.pairs is not None else [(i, m) for i in range(len(self.latents)) for m in range(len(self.context))]
+
+@dataclass
+class BlockTerms:
+    "The per-timestep terms of one block's rows: P pairs, I images, K timesteps, L layers."
+    lse_mean: torch.Tensor # [P, K, L] fp32
+    sq_error: torch.Tensor # [P, K] fp32
+    lse_mean_uncond: torch.Tensor|None # [I, K, L] fp32, or None when the mode needs no empty caption
+    sq_error_uncond: torch.Tensor|None # [I, K] fp32
 
 # %% ../nbs/04_scoring.ipynb #ec7cfad6
 @patch
-def _run(self:DSDScorer, z0, # [S, K or 1, C, h, w] latents
-         E, # [M, L, D] caption embeddings
-         pairs:list, # (slot, caption index) pairs to score
-         grad:bool=False,
-         masks=None): # [M, L] bool `token_masks` of the M captions (needed unless token_mask is "all")
-    "Run all UNet rows; returns attention [P, K, L], sq. error [P, K] for the pairs and [S, K, L], [S, K] (or None) for the empty caption."
-    K, S, P = len(self.timesteps), z0.shape[0], len(pairs)
-    Su = S if self.needs_uncond else 0
-    per_k = Su + P
-    slot = torch.tensor(list(range(Su)) + [s for s, _ in pairs], dtype=torch.long).repeat(K)
-    text = torch.tensor([len(E)] * Su + [m for _, m in pairs], dtype=torch.long).repeat(K)
-    kidx = torch.arange(K).repeat_interleave(per_k)
-    ctx_all = torch.cat([E, self.uncond_embedding()]) if Su else E
-    if self.token_mask != "all" and masks is None: raise DSDInputError("this scorer's token_mask needs the captions' token masks: pass masks=self.token_masks(captions)")
-    mask_all = None if self.token_mask == "all" else (torch.cat([masks, self.token_masks([""])]) if Su else masks)
-    atts, sqs = [], []
-    n_rows = K * per_k
-    bar = tqdm(total=n_rows, desc="DSD scoring (UNet rows)", leave=False,
-               disable=None if self.progress is None else not self.progress)  # None: only on a terminal
-    with torch.set_grad_enabled(grad), AttentionCapture(self.unet, self.layers) as cap:
-        for i in range(0, n_rows, self.chunk_size):
-            s, m, k = slot[i:i + self.chunk_size], text[i:i + self.chunk_size], kidx[i:i + self.chunk_size]
-            z = z0[s, k if z0.shape[1] > 1 else torch.zeros_like(k)]
-            eps, t = self.noise[k.to(self.noise.device)], self.timesteps[k].to(self.device)
-            a, q = self.forward_rows(cap, z, eps, t, ctx_all[m.to(ctx_all.device)], key_mask=None if mask_all is None else mask_all[m])
-            atts.append(a); sqs.append(q)
-            bar.update(len(s))
-    bar.close()
-    att, sq = torch.cat(atts).view(K, per_k, -1), torch.cat(sqs).view(K, per_k)
-    att_u, sq_u = (att[:, :Su].transpose(0, 1), sq[:, :Su].T) if Su else (None, None)
-    return att[:, Su:].transpose(0, 1), sq[:, Su:].T, att_u, sq_u
+def block(self:DSDScorer, images, # one image or a list (paths, PIL, bytes, [0, 1] tensors)
+          captions, # one caption or a list of str
+          pairs:list|None=None, # (image, caption) index pairs; None: all
+          text_grad:bool=False, # encode the captions with the text encoder's autograd graph (soft prompts)
+          parity_batch:int|None=None # reference parity: the images form one reference batch
+         )->Block:
+    "A `Block` of `images` x `captions` on the scorer's fixed timestep grid and noise bank."
+    captions = check_captions(captions)
+    E = self.encode_captions(captions, grad=text_grad)
+    mean, std = self.encode_images(images)
+    return Block(self.clean_latents(mean, std, parity_batch), E, self.timesteps, self.noise, self.token_masks(captions), pairs, captions, images)
+
+@patch
+def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
+    "Every UNet row of `blocks`: block by block, timestep by timestep, the empty caption for each image, then the pairs."
+    cols = {k: [] for k in ("block", "image", "caption", "z", "noise", "text")}
+    z0 = n0 = c0 = 0
+    for b, blk in enumerate(blocks):
+        I, Kz = blk.latents.shape[:2]
+        pairs = blk.pair_list
+        img = (list(range(I)) if self.needs_uncond else []) + [i for i, _ in pairs]
+        cap = [-1] * (len(img) - len(pairs)) + [m for _, m in pairs]
+        for k in range(len(blk.timesteps)):
+            cols["block"] += [b] * len(img); cols["image"] += img; cols["caption"] += cap; cols["noise"] += [n0 + k] * len(img)
+            cols["z"] += [z0 + i * Kz + (k if Kz > 1 else 0) for i in img]
+            cols["text"] += [0 if m < 0 else 1 + c0 + m for m in cap]
+        z0, n0, c0 = z0 + I * Kz, n0 + len(blk.timesteps), c0 + len(blk.context)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in cols.items()}
 
 # %% ../nbs/04_scoring.ipynb #c38ce9bf
 @patch
-def _combine(self:DSDScorer, A, # [..., K] attention term per timestep
-             sq, sq_u)->torch.Tensor: # [..., K] score per timestep
-    if self.mode == "attention": return A
-    if self.mode == "dsd": return A + (sq_u.sqrt() - sq.sqrt())
-    d = torch.tensor(self.latent_shape).prod().item()
-    return (sq_u - sq) / d if self.itm_normalize else -sq / d
+def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond)->tuple: # (lse means [R, L], squared errors [R])
+    "Send every row of `blocks` through the UNet in calls of at most `chunk_size` rows."
+    rt = self._row_table(blocks)
+    Z = torch.cat([b.latents.flatten(0, 1) for b in blocks])                      # [sum I*Kz, C, h, w]
+    N = torch.cat([b.noise.to(self.device) for b in blocks])                       # [sum K, C, h, w]
+    T = torch.cat([b.timesteps for b in blocks]).to(self.device)                   # [sum K]
+    C = torch.cat([uncond] + [b.context for b in blocks])                          # [1 + sum M, L, D]
+    KM = None if self.token_mask == "all" else torch.cat([self.token_masks([""])] + [b.key_masks for b in blocks])
+    atts, sqs, R = [], [], len(rt["z"])
+    bar = tqdm(total=R, desc="DSD scoring (UNet rows)", leave=False, disable=None if self.progress is None else not self.progress)
+    with torch.set_grad_enabled(grad), AttentionCapture(self.unet, self.layers, observers=self._observers) as cap:
+        for i in range(0, R, self.chunk_size):
+            r = {k: v[i:i + self.chunk_size] for k, v in rt.items()}
+            z, eps, t = Z[r["z"].to(Z.device)], N[r["noise"].to(N.device)], T[r["noise"].to(T.device)]
+            rows = Rows(r["block"], r["image"], r["caption"], t, None if KM is None else KM[r["text"]])
+            x_t = add_noise(self.sched, z, eps, t)
+            pred = (unet or self.unet)(x_t.to(self.dtype), t, encoder_hidden_states=C[r["text"].to(C.device)],
+                                       cross_attention_kwargs={ROWS_KEY: rows}).sample
+            eps_hat = epsilon_from_prediction(self.sched, pred.float(), x_t, t)
+            atts.append(cap.layer_means()); sqs.append((eps - eps_hat).pow(2).flatten(1).sum(1))
+            bar.update(len(z))
+    bar.close()
+    return torch.cat(atts), torch.cat(sqs)
+
+# %% ../nbs/04_scoring.ipynb #81460086
+@patch
+def _block_terms(self:DSDScorer, blocks:list, att:torch.Tensor, sq:torch.Tensor)->list: # one `BlockTerms` per block
+    "Cut the rows' terms back into blocks (the layout of `_row_table`)."
+    out, r0 = [], 0
+    for blk in blocks:
+        K, P, Iu = len(blk.timesteps), len(blk.pair_list), len(blk.latents) if self.needs_uncond else 0
+        a, q = att[r0:r0 + K * (Iu + P)].view(K, Iu + P, -1), sq[r0:r0 + K * (Iu + P)].view(K, Iu + P)
+        out.append(BlockTerms(a[:, Iu:].transpose(0, 1), q[:, Iu:].T, a[:, :Iu].transpose(0, 1) if Iu else None, q[:, :Iu].T if Iu else None))
+        r0 += K * (Iu + P)
+    return out
+
+@patch
+def _result(self:DSDScorer, blk:Block, terms:BlockTerms)->ScoreResult:
+    "The `ScoreResult` of one block: leading dims [I, M] for a block of all pairs, [P] for listed pairs (`score_pairs`)."
+    img = torch.tensor([i for i, _ in blk.pair_list], dtype=torch.long)
+    lse_u = None if terms.lse_mean_uncond is None else terms.lse_mean_uncond[img.to(terms.lse_mean_uncond.device)]
+    sq_u = None if terms.sq_error_uncond is None else terms.sq_error_uncond[img.to(terms.sq_error_uncond.device)]
+    if not self.reference_parity: A = terms.lse_mean.mean(-1)
+    else:  # the reference's batch of 2 rows (empty, caption) averaged; listed pairs form one reference batch
+        A = 0.5 * (terms.lse_mean + lse_u).mean(-1)
+        if blk.pairs is not None: A = A.mean(0, keepdim=True).expand(len(img), -1)
+    d = int(torch.tensor(self.latent_shape).prod())
+    per_t = timestep_scores(self.mode, A, terms.sq_error, sq_u, d, self.itm_normalize)
+    lead = (len(blk.latents), len(blk.context)) if blk.pairs is None else (len(img),)
+    K = len(blk.timesteps)
+    return ScoreResult(per_t.mean(-1).reshape(lead), per_t.reshape(lead + (K,)), terms.lse_mean.reshape(lead + (K, -1)),
+                       terms.sq_error.reshape(lead + (K,)), terms.lse_mean_uncond, terms.sq_error_uncond, blk.timesteps,
+                       [l.name for l in self.layers], self.mode, list(blk.captions))
+
+# %% ../nbs/04_scoring.ipynb #1b518d5b
+@patch
+def score_blocks(self:DSDScorer, blocks:list, # `Block`s (see `block`)
+                 grad:bool=False, # keep the autograd graph (for training); default runs under no_grad
+                 unet=None, # the UNet to call (e.g. accelerate's wrapped one); default the pipeline's
+                 text_grad:bool=False # encode the empty caption with the text encoder's graph (soft prompts)
+                )->list: # one `ScoreResult` per block
+    "Score every block: all their rows packed into shared UNet calls; a block's scores do not depend on the others."
+    for o in self._observers: o.start(blocks, self)
+    uncond = encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [""], grad=True).to(self.dtype) if text_grad else self.uncond_embedding()
+    att, sq = self._run_blocks(blocks, grad, unet, uncond)
+    out = [self._result(b, t) for b, t in zip(blocks, self._block_terms(blocks, att, sq))]
+    for o in self._observers:
+        for r in out: o.scored(r)
+    return out
 
 # %% ../nbs/04_scoring.ipynb #cc5208f6
 @patch
@@ -260,19 +349,7 @@ def score(self:DSDScorer, images, # one image or a list (paths, PIL, bytes, [0, 
           grad:bool=False # keep the autograd graph (for training adapters); default runs under no_grad
          ): # [N, M] fp32 scores, or a `ScoreResult`
     "Score each of N images against each of M captions: `[N, M]`. Higher means a better match."
-    captions = check_captions(captions)
-    E = self.encode_captions(captions)
-    mean, std = self.encode_images(images)
-    N, M = len(mean), len(captions)
-    pairs = [(n, m) for n in range(N) for m in range(M)]
-    att, sq, att_u, sq_u = self._run(self._latents(mean, std), E, pairs, grad, self.token_masks(captions))
-    K, L = len(self.timesteps), len(self.layers)
-    att, sq = att.reshape(N, M, K, L), sq.reshape(N, M, K)
-    if self.reference_parity: A = 0.5 * (att + att_u[:, None]).mean(-1)  # the batch of 2 rows (empty, caption) averaged
-    else: A = att.mean(-1)
-    per_t = self._combine(A, sq, sq_u[:, None] if sq_u is not None else None)
-    res = ScoreResult(per_t.mean(-1), per_t, att, sq.sqrt(), att_u, sq_u.sqrt() if sq_u is not None else None,
-                      self.timesteps, [l.name for l in self.layers], self.mode, captions)
+    res = self.score_blocks([self.block(images, captions)], grad)[0]
     return res if details else res.scores
 
 DSDScorer.__call__ = DSDScorer.score
@@ -284,20 +361,8 @@ def score_pairs(self:DSDScorer, images, # B images
                 details:bool=False, grad:bool=False)->torch.Tensor: # [B] scores or a `ScoreResult`
     "Score aligned pairs (image i with caption i): `[B]`. With `reference_parity` the B pairs form one reference batch."
     captions = check_captions(captions)
-    mean, std = self.encode_images(images)
-    B = len(captions)
-    if len(mean) != B: raise DSDInputError(f"score_pairs needs as many images as captions; got {len(mean)} images and {B} captions")
-    E = self.encode_captions(captions)
-    att, sq, att_u, sq_u = self._run(self._latents(mean, std, parity_batch=B), E, [(b, b) for b in range(B)], grad, self.token_masks(captions))
-    if self.reference_parity: A = (0.5 * (att + att_u).mean(-1)).mean(0, keepdim=True).expand(B, -1)  # batch-level mean
-    else: A = att.mean(-1)
-    per_t = self._combine(A, sq, sq_u)
-    res = ScoreResult(per_t.mean(-1), per_t, att, sq.sqrt(), att_u, sq_u.sqrt() if sq_u is not None else None,
-                      self.timesteps, [l.name for l in self.layers], self.mode, captions)
+    blk = self.block(images, captions, pairs=[(b, b) for b in range(len(captions))], parity_batch=len(captions))
+    if len(blk.latents) != len(captions):
+        raise DSDInputError(f"score_pairs needs as many images as captions; got {len(blk.latents)} images and {len(captions)} captions")
+    res = self.score_blocks([blk], grad)[0]
     return res if details else res.scores
-
-# %% ../nbs/04_scoring.ipynb #c1f5038a
-def dsd_score(pipe, images, captions, **kwargs)->torch.Tensor: # [N, M]
-    "Score images x captions with a fresh `DSDScorer(pipe, **kwargs)`; see `DSDScorer.score`."
-    details = kwargs.pop("details", False)
-    return DSDScorer(pipe, **kwargs).score(images, captions, details=details)
