@@ -5,6 +5,7 @@
 # %% ../nbs/04_scoring.ipynb #fa8bd5df
 from __future__ import annotations
 import numbers, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
@@ -12,6 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .core import DSDInputError, reference_timesteps, draw_noise, noise_scheduler, add_noise, epsilon_from_prediction, check_seed, MAX_SEED
 from .inputs import images_to_tensor, check_captions, RESIZE_MODES
 from .attention import AttentionCapture, Rows, ROWS_KEY, select_layers
+from .tracing import AttentionTrace
 from .models import check_pipeline
 
 # %% auto #0
@@ -366,3 +368,23 @@ def score_pairs(self:DSDScorer, images, # B images
         raise DSDInputError(f"score_pairs needs as many images as captions; got {len(blk.latents)} images and {len(captions)} captions")
     res = self.score_blocks([blk], grad)[0]
     return res if details else res.scores
+
+# %% ../nbs/04_scoring.ipynb #34d9d603
+@patch
+@contextmanager
+def observing(self:DSDScorer, *observers): # `AttentionObserver`s
+    "Let `observers` watch every scoring call made inside the `with` block (removed on exit, also after an exception)."
+    self._observers.extend(observers)
+    try: yield self
+    finally:
+        for o in observers: self._observers.remove(o)
+
+@patch
+@contextmanager
+def trace(self:DSDScorer, per_head:bool=False, # keep heads (memory x heads) instead of their mean
+          max_grid:int|None=32, # largest side of a kept map; None: the layer's native grid
+          max_bytes:int=2**30, # refuse (before any UNet call) to keep more than this many bytes
+          dtype:torch.dtype=torch.float32): # storage dtype of the kept maps
+    "Keep the cross-attention maps of the scoring call made inside the block: `with scorer.trace() as tr: scorer.score(image, captions)`."
+    tr = AttentionTrace(per_head, max_grid, max_bytes, dtype)
+    with self.observing(tr): yield tr
