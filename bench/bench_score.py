@@ -409,6 +409,11 @@ def compare(a, b):
 
 def fmt_mb(kb): return f"{kb / 1024:,.0f}"
 
+def write_json(path, obj):
+    "Write `obj` to `path` as JSON, atomically (a temporary file renamed into place), creating the folder."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp"); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+
 def render(info, results, args)->str:
     L = []
     L.append(f"## dsd_nb scoring benchmark ({info['date']})\n")
@@ -523,12 +528,12 @@ def _parent(args):
             results.append(r)
             if method == "d":
                 print(f"[{time.perf_counter() - t0:7.1f}s]   " + ", ".join(f"{k}={v:.3f}" for k, v in r.items() if k.startswith(("stand_", "real_"))), flush=True)
-                if args.json: Path(args.json).write_text(json.dumps(dict(info=info, results=results), indent=1))
+                if args.json: write_json(args.json, dict(info=info, results=results))
                 continue
             print(f"[{time.perf_counter() - t0:7.1f}s]   median {r['median_s']:.3f}s  times {[round(t, 3) for t in r['times']]}  "
                   f"build {r['build_s']:.1f}s warmup {r['warmup_s']:.1f}s  peak RSS {fmt_mb(r['maxrss_kb'])} MiB  "
                   f"load {r['load_before']:.1f}->{r['load_after']:.1f}  contention {r['contention']:.0%}  timed peak {fmt_mb(r['timed_peak_kb'])} MiB", flush=True)
-            if args.json: Path(args.json).write_text(json.dumps(dict(info=info, results=results), indent=1))
+            if args.json: write_json(args.json, dict(info=info, results=results))
     md = render(info, results, args)
     md += f"\nTotal bench wall time: {time.perf_counter() - t0:.0f} s.\n"
     print("\n" + md)
@@ -563,7 +568,7 @@ def main(argv=None):
                     help="(b) text encoding: every timestep, or once per caption (as the reference's __call__ does)")
     ap.add_argument("--write", help="write the markdown to this file (e.g. bench/RESULTS.md)")
     ap.add_argument("--append", help="append the markdown to this file")
-    ap.add_argument("--json", default=str(HERE / "results_raw.json"), help="raw results (JSON) path ('' to skip)")
+    ap.add_argument("--json", default=str(HERE / "out" / "score.json"), help="raw results (JSON) path ('' to skip; bench/out/ is not tracked)")
     ap.add_argument("--child-timeout", type=int, default=1800)
     ap.add_argument("--no-snapshot", dest="snapshot", action="store_false",
                     help="import the live package in each measurement instead of a frozen copy taken at start")
