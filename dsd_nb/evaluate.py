@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from .core import DSDInputError
-from .scoring import DSDScorer, ScoreResult, MODES
+from .scoring import DSDScorer, ScoreResult, MODES, timestep_scores
 from .scenes import NEG_KINDS, sample_examples, negative, negative_scene, render, split_allowed
 
 # %% auto #0
@@ -20,15 +20,10 @@ def mode_scores(res:ScoreResult, # a clean (not reference-parity) result with th
                 mode:str, # "dsd", "attention" or "diffusion_itm"
                 latent_numel:int, # elements of one latent (C*h*w), for diffusion_itm's mean squared error
                 itm_normalize:bool=False)->torch.Tensor: # scores with the leading shape of `res.scores`
-    "Recombine a scoring pass's breakdown into the scores of any mode (same noise, same timesteps)."
-    if mode not in MODES: raise DSDInputError(f"mode must be one of {MODES}")
-    A = res.attention.mean(-1)
-    eu = res.error_uncond
-    if eu is not None and res.error.ndim == 3: eu = eu[:, None]
-    if mode == "attention": per_t = A
-    elif mode == "dsd": per_t = A + eu - res.error
-    else: per_t = (eu ** 2 - res.error ** 2) / latent_numel if itm_normalize else -res.error ** 2 / latent_numel
-    return per_t.mean(-1)
+    "Recombine a scoring pass's breakdown into the scores of any mode (same noise, same timesteps) with `timestep_scores`."
+    sq_u = res.sq_error_uncond
+    if sq_u is not None and res.sq_error.ndim == 3: sq_u = sq_u[:, None]   # [N, K] -> [N, 1, K]: shared by the captions
+    return timestep_scores(mode, res.lse_mean.mean(-1), res.sq_error, sq_u, latent_numel, itm_normalize).mean(-1)
 
 # %% ../nbs/08_evaluate.ipynb #5d4a0e49
 def scene_matching(pipe, split:str="test", n:int=100, seed:int=0, steps:int=10, layers="reference",

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import PIL.Image
 from .core import DSDInputError, replace_dir, write_atomic
+from .attention import AttentionObserver
 from .scenes import sample_examples, detect, render, SPLITS
 
 # %% auto #0
@@ -118,6 +119,13 @@ def sample_grid(images, cols:int=10, scale:int=2, pad:int=2)->PIL.Image.Image:
     return grid
 
 # %% ../nbs/09_model_card.ipynb #5828d3f3
+class _CaptionProbs(AttentionObserver):
+    "Keeps the attention probabilities of the caption rows of a scoring call, per layer, in row order."
+    wants_probs = True
+    def __init__(self): self.probs = {}
+    def attention(self, layer, rows, lse, probs): self.probs.setdefault(layer.name, []).append(probs[(rows.caption >= 0).to(probs.device)])
+    def layer_probs(self)->list: return [torch.cat(ps) for ps in self.probs.values()]
+
 def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
                     n:int=50, # two-object scenes (their true captions)
                     split:str="test", steps:int=10, # DSD timestep grid (`reference_timesteps`)
@@ -127,22 +135,19 @@ def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
     `on_object` compares densities (share / the object's area), so a small object can win with a smaller share. Raises `DSDInputError` for n < 1."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise DSDInputError(f"n must be a positive whole number of scenes; got {n!r}")
     n = int(n)
-    from dsd_nb.attention import AttentionCapture
-    from dsd_nb.core import add_noise
     from dsd_nb.scene_sd import object_masks, word_owners, mask_shares
     from dsd_nb.scoring import DSDScorer
-    sc = DSDScorer(pipe, steps=steps, seed=seed, layers="all_cross")  # the scorer's images, latents and noise bank (epsilon per timestep)
-    K, t, size = len(sc.timesteps), sc.timesteps.to(sc.device), sc.size[0]
+    sc = DSDScorer(pipe, mode="attention", steps=steps, seed=seed, layers="all_cross")  # caption rows only, on the DSD grid and noise bank
+    K, size, keep = len(sc.timesteps), sc.size[0], _CaptionProbs()
     rows = []
     for i, (scene, cap) in enumerate(sample_examples(split, n, seed, p_single=0.0)):
-        z = sc._latents(*sc.encode_images(render(scene, size)))[:, 0].expand(K, -1, -1, -1)  # [K, C, h, w] VAE-scaled
-        with torch.no_grad(), AttentionCapture(sc.unet, sc.layers, probs=True) as ac:
-            sc.unet(add_noise(sc.sched, z, sc.noise, t).to(sc.dtype), t, encoder_hidden_states=sc.encode_captions([cap.text()]).expand(K, -1, -1))
+        keep.probs.clear()
+        with sc.observing(keep): sc.score(render(scene, size), cap.text())           # keep: layer -> [K, heads, Q, T] probabilities
         masks, owners = object_masks(scene, size), word_owners(cap, pipe.tokenizer)
         area = masks.flatten(1).mean(1)                                              # [2] share of the image
         pos = torch.tensor([p for p, _ in owners]).expand(K, -1)                     # [K, W]
         share = torch.stack([mask_shares(P.float().mean(1, keepdim=True), pos, masks.expand(K, -1, -1, -1))[:, 0].mean(0)
-                             for P in ac.probs.values()]).mean(0).cpu()               # head-mean maps; timesteps, layers averaged: [W, 2]
+                             for P in keep.layer_probs()]).mean(0).cpu()               # head-mean maps; timesteps, layers averaged: [W, 2]
         for w, (p, o) in enumerate(owners):
             d = share[w] / area
             rows.append(dict(scene=i, word=cap.text().split()[p - 1], object=o, share_own=float(share[w, o]),

@@ -196,7 +196,7 @@ def token_masks(self:DSDScorer, captions:list # M captions (already checked)
     counts = sorted({int(k) for k, c in zip(out.sum(1), captions) if c})
     if len(counts) > 1:
         warnings.warn(f"token_mask={self.token_mask!r} compares captions of different token counts ({counts[0]} to {counts[-1]}): "
-                      "the attention term grows with the count, so longer captions gain; use token_mask='all' or captions of equal length", stacklevel=3)
+                      "the attention term grows with the count, so longer captions gain; use token_mask='all' or captions of equal length", stacklevel=4)  # token_masks <- block <- score <- you
     return out
 
 # %% ../nbs/04_scoring.ipynb #c08cc57f
@@ -257,8 +257,8 @@ def block(self:DSDScorer, images, # one image or a list (paths, PIL, bytes, [0, 
 @patch
 def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
     "Every UNet row of `blocks`: block by block, timestep by timestep, the empty caption for each image, then the pairs."
-    cols = {k: [] for k in ("block", "image", "caption", "z", "noise", "text")}
-    z0 = n0 = c0 = 0
+    cols = {k: [] for k in ("block", "image", "caption", "slot", "kz", "noise", "text")}
+    s0 = n0 = c0 = 0
     for b, blk in enumerate(blocks):
         I, Kz = blk.latents.shape[:2]
         pairs = blk.pair_list
@@ -266,9 +266,9 @@ def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
         cap = [-1] * (len(img) - len(pairs)) + [m for _, m in pairs]
         for k in range(len(blk.timesteps)):
             cols["block"] += [b] * len(img); cols["image"] += img; cols["caption"] += cap; cols["noise"] += [n0 + k] * len(img)
-            cols["z"] += [z0 + i * Kz + (k if Kz > 1 else 0) for i in img]
+            cols["slot"] += [s0 + i for i in img]; cols["kz"] += [k if Kz > 1 else 0] * len(img)
             cols["text"] += [0 if m < 0 else 1 + c0 + m for m in cap]
-        z0, n0, c0 = z0 + I * Kz, n0 + len(blk.timesteps), c0 + len(blk.context)
+        s0, n0, c0 = s0 + I, n0 + len(blk.timesteps), c0 + len(blk.context)
     return {k: torch.tensor(v, dtype=torch.long) for k, v in cols.items()}
 
 # %% ../nbs/04_scoring.ipynb #c38ce9bf
@@ -276,17 +276,18 @@ def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
 def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond)->tuple: # (lse means [R, L], squared errors [R])
     "Send every row of `blocks` through the UNet in calls of at most `chunk_size` rows."
     rt = self._row_table(blocks)
-    Z = torch.cat([b.latents.flatten(0, 1) for b in blocks])                      # [sum I*Kz, C, h, w]
+    Z = blocks[0].latents if len(blocks) == 1 else torch.cat([b.latents for b in blocks])  # [sum I, Kz, C, h, w]: one latent per timestep or for all
     N = torch.cat([b.noise.to(self.device) for b in blocks])                       # [sum K, C, h, w]
     T = torch.cat([b.timesteps for b in blocks]).to(self.device)                   # [sum K]
     C = torch.cat([uncond] + [b.context for b in blocks])                          # [1 + sum M, L, D]
     KM = None if self.token_mask == "all" else torch.cat([self.token_masks([""])] + [b.key_masks for b in blocks])
-    atts, sqs, R = [], [], len(rt["z"])
+    if len({b.latents.shape[1:] for b in blocks}) > 1: raise DSDInputError("blocks scored together need latents of one shape (one per timestep, or one for all)")
+    atts, sqs, R = [], [], len(rt["slot"])
     bar = tqdm(total=R, desc="DSD scoring (UNet rows)", leave=False, disable=None if self.progress is None else not self.progress)
     with torch.set_grad_enabled(grad), AttentionCapture(self.unet, self.layers, observers=self._observers) as cap:
         for i in range(0, R, self.chunk_size):
             r = {k: v[i:i + self.chunk_size] for k, v in rt.items()}
-            z, eps, t = Z[r["z"].to(Z.device)], N[r["noise"].to(N.device)], T[r["noise"].to(T.device)]
+            z, eps, t = Z[r["slot"].to(Z.device), r["kz"].to(Z.device)], N[r["noise"].to(N.device)], T[r["noise"].to(T.device)]
             rows = Rows(r["block"], r["image"], r["caption"], t, None if KM is None else KM[r["text"]])
             x_t = add_noise(self.sched, z, eps, t)
             pred = (unet or self.unet)(x_t.to(self.dtype), t, encoder_hidden_states=C[r["text"].to(C.device)],
@@ -312,19 +313,24 @@ def _block_terms(self:DSDScorer, blocks:list, att:torch.Tensor, sq:torch.Tensor)
 @patch
 def _result(self:DSDScorer, blk:Block, terms:BlockTerms)->ScoreResult:
     "The `ScoreResult` of one block: leading dims [I, M] for a block of all pairs, [P] for listed pairs (`score_pairs`)."
-    img = torch.tensor([i for i, _ in blk.pair_list], dtype=torch.long)
-    lse_u = None if terms.lse_mean_uncond is None else terms.lse_mean_uncond[img.to(terms.lse_mean_uncond.device)]
-    sq_u = None if terms.sq_error_uncond is None else terms.sq_error_uncond[img.to(terms.sq_error_uncond.device)]
-    if not self.reference_parity: A = terms.lse_mean.mean(-1)
+    pairs, K, u = blk.pair_list, len(blk.timesteps), terms.lse_mean_uncond is not None
+    if blk.pairs is None:  # [I, M, ...] views; the empty caption's terms broadcast over the captions
+        lead = (len(blk.latents), len(blk.context))
+        lse, sq = terms.lse_mean.reshape(lead + (K, -1)), terms.sq_error.reshape(lead + (K,))
+        lse_u, sq_u = (terms.lse_mean_uncond[:, None], terms.sq_error_uncond[:, None]) if u else (None, None)
+    else:  # listed pairs: each pair with its image's empty-caption terms
+        lead, lse, sq = (len(pairs),), terms.lse_mean, terms.sq_error
+        img = [i for i, _ in pairs]
+        same = img == list(range(len(img)))
+        lse_u = (terms.lse_mean_uncond if same else terms.lse_mean_uncond[img]) if u else None
+        sq_u = (terms.sq_error_uncond if same else terms.sq_error_uncond[img]) if u else None
+    if not self.reference_parity: A = lse.mean(-1)
     else:  # the reference's batch of 2 rows (empty, caption) averaged; listed pairs form one reference batch
-        A = 0.5 * (terms.lse_mean + lse_u).mean(-1)
-        if blk.pairs is not None: A = A.mean(0, keepdim=True).expand(len(img), -1)
+        A = 0.5 * (lse + lse_u).mean(-1)
+        if blk.pairs is not None: A = A.mean(0, keepdim=True).expand(len(pairs), -1)
     d = int(torch.tensor(self.latent_shape).prod())
-    per_t = timestep_scores(self.mode, A, terms.sq_error, sq_u, d, self.itm_normalize)
-    lead = (len(blk.latents), len(blk.context)) if blk.pairs is None else (len(img),)
-    K = len(blk.timesteps)
-    return ScoreResult(per_t.mean(-1).reshape(lead), per_t.reshape(lead + (K,)), terms.lse_mean.reshape(lead + (K, -1)),
-                       terms.sq_error.reshape(lead + (K,)), terms.lse_mean_uncond, terms.sq_error_uncond, blk.timesteps,
+    per_t = timestep_scores(self.mode, A, sq, sq_u, d, self.itm_normalize)
+    return ScoreResult(per_t.mean(-1), per_t, lse, sq, terms.lse_mean_uncond, terms.sq_error_uncond, blk.timesteps,
                        [l.name for l in self.layers], self.mode, list(blk.captions))
 
 # %% ../nbs/04_scoring.ipynb #1b518d5b

@@ -75,11 +75,11 @@ def notebook_json(model: str, steps: int) -> dict:
         'import os, sys\nos.environ["HF_HUB_OFFLINE"] = "1"\nimport torch\ntorch.set_num_threads(1)\n'
         'print(f"LIVE_CHECK_KERNEL exe={sys.executable} pid={os.getpid()}")',
         "from dsd_nb.models import load_pipeline\nfrom dsd_nb.scoring import DSDScorer\n"
-        "from dsd_nb.scenes import scene_example, render\nfrom dsd_nb.visualize import trace_attention, explore\n"
+        "from dsd_nb.scenes import scene_example, render\nfrom dsd_nb.visualize import explore\n"
         f"pipe = load_pipeline({model!r})\n"
         'scene, cap, negs = scene_example("test", 0)\n'
         "captions = [cap.text()] + [c.text() for _, c in negs][:2]\n"
-        f"tr = trace_attention(DSDScorer(pipe, steps={steps}, seed=0), render(scene, 64), captions)\n"
+        f"sc = DSDScorer(pipe, steps={steps}, seed=0)\nwith sc.trace() as tr: sc.score(render(scene, 64), captions)\n"
         "unet_calls = [0]  # from here on, the explorer must not run the UNet\n"
         "pipe.unet.register_forward_pre_hook(lambda m, a: unet_calls.__setitem__(0, unet_calls[0] + 1))\n"
         "print(len(captions), 'captions,', len(tr.layers), 'layers')",

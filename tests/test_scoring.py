@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline, DDPMScheduler
 
 from dsd_nb.core import DSDInputError, draw_noise, reference_timesteps
 from dsd_nb.inputs import images_to_tensor
-from dsd_nb.scoring import DSDScorer, ScoreResult, dsd_score, MODES
+from dsd_nb.scoring import DSDScorer, ScoreResult, MODES
 
 ATOL = 1e-5
 
@@ -60,7 +60,7 @@ def test_options_keep_scores_per_sample(pipe, kw):
     sc = DSDScorer(pipe, steps=2, **kw)
     r = sc.score(x, ["a cat", "a dog"], details=True)
     n_layers = len(sc.layers)
-    assert r.attention.shape == (2, 2, 2, n_layers) and torch.isfinite(r.scores).all()
+    assert r.lse_mean.shape == (2, 2, 2, n_layers) and torch.isfinite(r.scores).all()
     _close(DSDScorer(pipe, steps=2, chunk_size=1, **kw).score(x[1:], ["a dog"]), r.scores[1:, 1:])
     assert sc.latent_shape == (4, sc.size[0] // 8, sc.size[1] // 8)
 
@@ -98,24 +98,24 @@ def test_details_are_consistent(pipe, images, captions, mode):
     K, L = 3, 6
     assert isinstance(r, ScoreResult) and r.mode == mode and r.captions == captions[:3]
     assert r.scores.shape == (2, 3) and r.per_timestep.shape == (2, 3, K)
-    assert r.attention.shape == (2, 3, K, L) and r.error.shape == (2, 3, K)
+    assert r.lse_mean.shape == (2, 3, K, L) and r.sq_error.shape == (2, 3, K)
     assert len(r.layers) == L and r.timesteps.tolist() == reference_timesteps(3).tolist()
     _close(r.scores, r.per_timestep.mean(-1), 1e-6)
     assert torch.equal(r.scores, sc.score(images[:2], captions[:3]))
     d = 4 * 8 * 8
     if mode == "dsd":
-        assert r.attention_uncond.shape == (2, K, L) and r.error_uncond.shape == (2, K)
-        _close(r.per_timestep, r.attention.mean(-1) + r.error_uncond[:, None] - r.error, 1e-5)
+        assert r.lse_mean_uncond.shape == (2, K, L) and r.sq_error_uncond.shape == (2, K)
+        _close(r.per_timestep, r.lse_mean.mean(-1) + r.sq_error_uncond[:, None].sqrt() - r.sq_error.sqrt(), 1e-5)
     elif mode == "attention":
-        _close(r.per_timestep, r.attention.mean(-1), 1e-6)
+        _close(r.per_timestep, r.lse_mean.mean(-1), 1e-6)
     else:
-        _close(r.per_timestep, -r.error ** 2 / d, 1e-6)
-    assert (r.error > 0).all()
+        _close(r.per_timestep, -r.sq_error / d, 1e-6)
+    assert (r.sq_error > 0).all()
 
 
 def test_itm_normalize_subtracts_uncond_error(pipe, images, captions):
     r = DSDScorer(pipe, mode="diffusion_itm", itm_normalize=True, steps=3).score(images[:2], captions[:2], details=True)
-    _close(r.per_timestep, (r.error_uncond[:, None] ** 2 - r.error ** 2) / (4 * 8 * 8), 1e-6)
+    _close(r.per_timestep, (r.sq_error_uncond[:, None] - r.sq_error) / (4 * 8 * 8), 1e-6)
 
 
 def test_ranking(pipe, images, captions):
@@ -128,10 +128,14 @@ def test_ranking(pipe, images, captions):
         assert df["caption"][0] == captions[int(r.scores[i].argmax())]
 
 
-def test_dsd_score_function(pipe, images, captions):
-    a = dsd_score(pipe, images[:2], captions[:2], steps=2, mode="attention")
-    assert torch.equal(a, DSDScorer(pipe, steps=2, mode="attention").score(images[:2], captions[:2]))
-    assert isinstance(dsd_score(pipe, images[:1], captions[:1], steps=2, details=True), ScoreResult)
+def test_blocks_share_calls_not_scores(pipe, images, captions):
+    "Many small blocks (2x1, 1x2, 1x1) packed into shared UNet calls score exactly as each does alone, whatever the chunk size."
+    sc = DSDScorer(pipe, steps=3, chunk_size=7)
+    blocks = [sc.block(images[:2], captions[0]), sc.block(images[2], captions[1:3]), sc.block(images[1], captions[3])]
+    res = sc.score_blocks(blocks)
+    assert [tuple(r.scores.shape) for r in res] == [(2, 1), (1, 2), (1, 1)]
+    alone = [DSDScorer(pipe, steps=3, chunk_size=1).score(*a) for a in ((images[:2], captions[0]), (images[2], captions[1:3]), (images[1], captions[3]))]
+    for r, a in zip(res, alone): _close(r.scores, a)
 
 
 def test_scorer_does_not_leave_hooks(pipe, images, captions):
@@ -305,8 +309,8 @@ def test_scorer_converts_v_prediction_to_epsilon(pipe, images, captions):
             eps_hat = ab.sqrt() * v + (1 - ab).sqrt() * x_t
             err_v.append((noise[k:k + 1] - eps_hat).norm())
             err_raw.append((noise[k:k + 1] - v).norm())
-    _close(r.error[0, 0], torch.stack(err_v), 1e-4)
-    assert (r.error[0, 0] - torch.stack(err_raw)).abs().max() > 1e-3, "the prediction was not converted"
+    _close(r.sq_error[0, 0].sqrt(), torch.stack(err_v), 1e-4)
+    assert (r.sq_error[0, 0].sqrt() - torch.stack(err_raw)).abs().max() > 1e-3, "the prediction was not converted"
 
 
 # ----------------------------------------------------------------------------- which tokens the attention term counts
@@ -315,20 +319,28 @@ def test_scorer_converts_v_prediction_to_epsilon(pipe, images, captions):
 def test_token_mask_restricts_the_log_sum_exp(pipe, token_mask):
     """LSE over a subset S of the tokens = LSE over all + log(sum of the softmax probabilities over S): checked per layer
     against a capture of the unmasked probabilities of the same UNet row; the denoising error does not change."""
-    from dsd_nb.attention import AttentionCapture
+    from dsd_nb.attention import AttentionObserver
     sc_all, sc_m = DSDScorer(pipe, steps=3, seed=0), DSDScorer(pipe, steps=3, seed=0, token_mask=token_mask)
     caps = ["a red square", ""]
     mask = sc_m.token_masks(caps)
     n = len(pipe.tokenizer(caps[0]).input_ids)
     assert mask[0].sum() == (n if token_mask == "real" else n - 2) and mask[1].sum() == 2 and mask[:, n:].sum() == 0
-    z = torch.randn((2,) + sc_all.latent_shape, generator=torch.Generator().manual_seed(0))
-    eps, t, ctx = sc_all.noise[:2], sc_all.timesteps[:2], torch.cat([sc_all.encode_captions(caps[:1]), sc_all.uncond_embedding()])
-    with torch.no_grad(), AttentionCapture(pipe.unet, sc_all.layers, probs=True) as cap:
-        a_all, q_all = sc_all.forward_rows(cap, z, eps, t, ctx)
-        lse, probs = dict(cap.lse), dict(cap.probs)
-        a_m, q_m = sc_m.forward_rows(cap, z, eps, t, ctx, key_mask=mask)
-    expected = torch.stack([(lse[l.name] + (probs[l.name] * mask[:, None, None, :]).sum(-1).log()).mean((1, 2)) for l in sc_all.layers], 1)
-    _close(a_m, expected, atol=1e-4)
-    _close(q_m, q_all)
-    assert (a_m < a_all).all()
+    img = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    class Keep(AttentionObserver):
+        wants_probs = True
+        def __init__(self): self.out = {}
+        def attention(self, layer, rows, lse, probs): self.out[layer.name] = (rows.caption.clone(), lse.clone(), probs.clone())
+    keep = Keep()
+    with sc_all.observing(keep): r_all = sc_all.score(img, caps[:1], details=True)   # one call: per timestep, the empty caption then the caption
+    r_m = sc_m.score(img, caps[:1], details=True)
+    exp = []
+    for l in sc_all.layers:
+        rows_caption, lse, probs = keep.out[l.name]
+        km = torch.stack([mask[1] if int(c) < 0 else mask[0] for c in rows_caption])
+        exp.append((lse + (probs * km[:, None, None, :]).sum(-1).log()).mean((1, 2)))
+    exp = torch.stack(exp, 1)                                                         # [2K, L]
+    _close(r_m.lse_mean[0, 0], exp[1::2], atol=1e-4)
+    _close(r_m.lse_mean_uncond[0], exp[0::2], atol=1e-4)
+    _close(r_m.sq_error, r_all.sq_error)
+    assert (r_m.lse_mean < r_all.lse_mean).all()
     with pytest.raises(DSDInputError, match="token_mask must be one of"): DSDScorer(pipe, token_mask="padding")
