@@ -15,7 +15,8 @@ __all__ = ['MAX_CAPTIONS_BYTES', 'MAX_STDIN_IMAGE_BYTES', 'read_captions_file', 
 import json as _json, sys, warnings
 from pathlib import Path
 from fastcore.script import Param, anno_parser
-from .core import DSDInputError, reference_timesteps, check_seed, MAX_SEED, print_stdout
+from .core import DSDInputError, reference_timesteps, check_seed, MAX_SEED
+from .plumbing import print_stdout
 from .inputs import load_image
 from .models import load_pipeline, DEFAULT_MODEL, BUILTIN_MODELS
 from .scoring import DSDScorer, MODES, TOKEN_MASKS

@@ -11,8 +11,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # %% auto #0
 __all__ = ['MAX_SEED', 'DSDInputError', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed', 'draw_noise',
-           'flag_message', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir',
-           'check_max_minutes', 'make_folder', 'write_atomic', 'print_stdout', 'console_setup']
+           'flag_message', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'check_max_minutes']
 
 # %% ../nbs/00_core.ipynb #d19fb132
 class DSDInputError(ValueError):
@@ -130,102 +129,9 @@ def epsilon_from_prediction(sched:DDPMScheduler, # from `noise_scheduler`
     if kind == "sample": return ((x_t.float() - ab.sqrt() * pred.float()) / (1 - ab).sqrt()).to(pred.dtype)
     raise DSDInputError(f"unknown prediction_type {kind!r} in the scheduler config")
 
-# %% ../nbs/00_core.ipynb #75846faa
-def replace_dir(tmp, # a finished temporary folder (a sibling of `dest`)
-                dest)->Path: # `dest`, now holding what `tmp` held
-    "Move folder `tmp` to `dest`; an existing `dest` is renamed aside first and removed only after the swap. What it holds gets the usual modes (`mkdtemp` makes private ones)."
-    import shutil
-    from pathlib import Path
-    tmp, dest = Path(tmp), Path(dest)
-    umask = os.umask(0); os.umask(umask)
-    for root, dirs, files in os.walk(tmp):
-        os.chmod(root, 0o777 & ~umask)
-        for f in files: os.chmod(os.path.join(root, f), 0o666 & ~umask)
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old.{os.getpid()}"); dest.rename(old); tmp.rename(dest); shutil.rmtree(old)
-    else: tmp.rename(dest)
-    return dest
-
 # %% ../nbs/00_core.ipynb #6e50b57d
 def check_max_minutes(max_minutes)->float|None:
     "A time budget in minutes: None (no limit) or a number >= 0 (0: stop after the first step); raises `DSDInputError` otherwise."
     if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, numbers.Real) and max_minutes >= 0)):
         raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
     return max_minutes
-
-def make_folder(path, what:str="output folder")->Path:
-    "Create folder `path` (and its parents) if needed; `DSDInputError` naming `what` when it is a file or cannot be made."
-    from pathlib import Path
-    path = Path(path)
-    if path.exists() and not path.is_dir(): raise DSDInputError(f"{what} '{path}' is a file: give a folder name")
-    try: path.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise DSDInputError(f"cannot make the {what} '{path}': {e.strerror} (is part of the path a file, or a broken link?)") from None
-    return path
-
-# %% ../nbs/00_core.ipynb #1485d850
-def write_atomic(path, # destination file; its folder must exist
-                 data:bytes|str # the whole content; str is written as UTF-8
-                )->Path: # `path`
-    "Write `data` to `path` in one step: a temporary file in the same folder is written, then renamed over `path`. Raises TypeError for other data, OSError (naming `path`) when the folder is missing or not writable."
-    import stat, tempfile
-    from pathlib import Path
-    if isinstance(data, str): data = data.encode("utf-8")
-    elif not isinstance(data, (bytes, bytearray, memoryview)): raise TypeError(f"write_atomic writes bytes or str, not {type(data).__name__}")
-    path = Path(path)
-    real = Path(os.path.realpath(path))  # through symbolic links: the link stays, its target gets the content
-    try:
-        st = os.stat(real) if real.exists() else None
-        if st is not None and not stat.S_ISREG(st.st_mode):  # a device, a named pipe: not renamed over, written into
-            with open(real, "wb") as f: f.write(data)
-            return path
-        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=".dsd-", suffix=".tmp")
-    except OSError as e: raise type(e)(e.errno, f"cannot write '{path}': {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f: f.write(data)
-        if st is not None: mode = stat.S_IMODE(st.st_mode)
-        else: umask = os.umask(0); os.umask(umask); mode = 0o666 & ~umask  # a new file gets open()'s usual mode
-        os.chmod(tmp, mode); os.replace(tmp, real)
-    except OSError as e: raise type(e)(e.errno, f"cannot write '{path}': {e.strerror}") from None
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    return path
-
-# %% ../nbs/00_core.ipynb #b924dd88
-def print_stdout(text:str)->None:
-    "Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with status 141 when the reader has closed the pipe, and one line naming the command with status 1 on any other write error (a full disk)."
-    import sys
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
-    if sys.stdout is None:  # started with stdout closed (`cmd >&-`): say so instead of dropping the output
-        if sys.stderr is not None: sys.stderr.write(f"{prog}: error: cannot write to standard output: it is closed\n")
-        sys.exit(1)
-    try:
-        try: print(text, flush=True)
-        except UnicodeEncodeError:
-            sys.stdout.flush(); sys.stdout.buffer.write((text + "\n").encode("utf-8")); sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so Python's own flush at exit finds a sink
-        sys.exit(141)
-    except OSError as e:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.stderr.write(f"{prog}: error: cannot write to standard output: {e.strerror}\n"); sys.exit(1)
-
-# %% ../nbs/00_core.ipynb #df98a08d
-class _DropWhenReaderGone:
-    "A text stream that passes everything to `stream` until its reader goes away (BrokenPipeError), then drops it."
-    def __init__(self, stream): self._stream, self.reader_gone = stream, False
-    def _call(self, name, *args):
-        if self.reader_gone: return None
-        try: return getattr(self._stream, name)(*args)
-        except BrokenPipeError: self.reader_gone = True
-    def write(self, s):
-        n = self._call("write", s)
-        return len(s) if n is None else n
-    def flush(self): self._call("flush")
-    def __getattr__(self, name): return getattr(self._stream, name)
-
-def console_setup()->None:
-    "For console scripts: stderr output (progress bars, warnings) is dropped once its reader is gone instead of stopping the command; SIGTERM raises KeyboardInterrupt, so it cleans up like Ctrl-C."
-    import signal, sys
-    if not isinstance(sys.stderr, _DropWhenReaderGone): sys.stderr = _DropWhenReaderGone(sys.stderr)
-    def stop(signum, frame): raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)

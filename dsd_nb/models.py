@@ -14,7 +14,8 @@ _tl = _logging.getLogger("transformers.utils.import_utils"); _tl_level = _tl.lev
 _tl.setLevel(_logging.ERROR)  # hide transformers' note that torchvision is absent (its PIL image processors are used; we process no images with them)
 try: from diffusers import AutoencoderKL, UNet2DConditionModel, PNDMScheduler, StableDiffusionPipeline
 finally: _tl.setLevel(_tl_level)
-from .core import DSDInputError, resolve_device, resolve_dtype, replace_dir
+from .core import DSDInputError, resolve_device, resolve_dtype
+from .plumbing import atomic_folder
 
 # %% auto #0
 __all__ = ['DEFAULT_WORDS', 'SD21_UNET_CONFIG', 'SD21_VAE_CONFIG', 'SD21_TEXT_CONFIG', 'BUILTIN_MODELS', 'DEFAULT_MODEL',
@@ -149,13 +150,7 @@ def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
     "Save `pipe` in the diffusers folder layout (safetensors), writing to a temporary folder and renaming it into place."
     folder = Path(folder).expanduser()
     if folder.exists() and not overwrite: raise DSDInputError(f"'{folder}' already exists: pass overwrite=True to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        with _quiet_loading(): pipe.save_pretrained(tmp, safe_serialization=True)  # no shard-writing progress bar
-        replace_dir(tmp, folder)  # an existing folder is renamed aside first and removed only after the swap
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(folder) as tmp, _quiet_loading(): pipe.save_pretrained(tmp, safe_serialization=True)  # no shard-writing progress bar
     return folder
 
 # %% ../nbs/02_models.ipynb #1bdf0b59

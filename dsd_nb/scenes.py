@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np
 import PIL.Image, PIL.ImageDraw
-from .core import DSDInputError, write_atomic, print_stdout, check_seed
+from .core import DSDInputError, check_seed
+from .plumbing import write_atomic, print_stdout, atomic_folder
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'RELATIONS', 'INVERSE', 'BACKGROUND', 'NEG_KINDS', 'HELD_OUT_PAIRS', 'SPLITS',
@@ -230,20 +231,15 @@ def sample_examples(split:str, n:int, seed:int=0, p_single:float=0.25)->list:
 # %% ../nbs/06_scenes.ipynb #00ec4c2c
 COMVG_COLUMNS = ["id", "sentence", "pos_triplet", "neg_triplet", "pos_image_id", "neg_image_id", "neg_value"]
 
-def _atomic_dir(folder:Path, overwrite:bool):
+def _refuse_existing(folder, overwrite:bool)->Path:
     folder = Path(folder)
     if folder.exists() and not overwrite: raise DSDInputError(f"'{folder}' exists: pass overwrite=True to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-
-def _commit_dir(tmp:Path, folder:Path):
-    if folder.exists(): shutil.rmtree(folder)
-    tmp.rename(folder)
+    return folder
 
 def write_comvg(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kinds=NEG_KINDS, overwrite:bool=False)->Path:
     "Write a ComVG-layout image-retrieval benchmark (CSV + images/) for a split: n scenes x each negative kind that applies."
-    folder = Path(folder); tmp = _atomic_dir(folder, overwrite)
-    try:
+    folder = _refuse_existing(folder, overwrite)
+    with atomic_folder(folder) as tmp:
         (tmp / "images").mkdir()
         rng, allowed = _split_rng(split + "-comvg", seed), split_allowed(split)
         rows, img_id = [], 0
@@ -260,9 +256,6 @@ def write_comvg(folder, split:str="test", n:int=200, seed:int=0, size:int=64, ki
                 img_id += 1
         with open(tmp / "comvg.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, COMVG_COLUMNS); w.writeheader(); w.writerows(rows)
-        _commit_dir(tmp, folder)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 def read_comvg(csv_path, images_dir=None, ext:str|None=None):
@@ -291,8 +284,8 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
 
 def write_i2t(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kinds=NEG_KINDS, overwrite:bool=False)->Path:
     "Write a text-retrieval benchmark: images/ plus i2t.jsonl rows {id, image, captions (true first), kinds}."
-    folder = Path(folder); tmp = _atomic_dir(folder, overwrite)
-    try:
+    folder = _refuse_existing(folder, overwrite)
+    with atomic_folder(folder) as tmp:
         (tmp / "images").mkdir()
         rng = _split_rng(split + "-i2t", seed)
         with open(tmp / "i2t.jsonl", "w", encoding="utf-8") as f:
@@ -302,9 +295,6 @@ def write_i2t(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kind
                 negs = [(k, c) for k, c in negs if c is not None]
                 f.write(json.dumps(dict(id=i, image=f"images/{i}.png", captions=[cap.text()] + [c.text() for _, c in negs],
                                         kinds=["positive"] + [k for k, _ in negs])) + "\n")
-        _commit_dir(tmp, folder)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 # %% ../nbs/06_scenes.ipynb #d9b07edc
