@@ -64,7 +64,8 @@ def read_captions_file(path:str|Path)->list: # list of str
     try:
         if isinstance(path, str) and path == "-":  # (not Path("./-"), a file named -)
             p = "standard input"
-            if sys.stdin is not None and sys.stdin.isatty(): sys.stderr.write("reading captions from the terminal, one per line; end with Ctrl-D (Ctrl-Z Enter on Windows)\n")
+            if sys.stdin is not None and sys.stdin.isatty():
+                sys.stderr.write("reading captions from the terminal, one per line; end with Ctrl-D (Ctrl-Z Enter on Windows)\n")
             raw = _read_stdin(MAX_CAPTIONS_BYTES + 1, "captions file '-'")
         else:
             if p.is_dir(): raise DSDInputError(f"captions file '{p}' is a folder, not a text file")
@@ -72,7 +73,8 @@ def read_captions_file(path:str|Path)->list: # list of str
             with open(p, "rb") as f: raw = f.read(MAX_CAPTIONS_BYTES + 1)
     except OSError as e: raise DSDInputError(f"captions file '{p}' cannot be read: {e.strerror or e}") from e
     if len(raw) > MAX_CAPTIONS_BYTES:
-        raise DSDInputError(f"captions file '{p}' is larger than {MAX_CAPTIONS_BYTES // 2**20} MiB: give a text file with one caption per line")
+        raise DSDInputError(f"captions file '{p}' is larger than {MAX_CAPTIONS_BYTES // 2**20} MiB: "
+                            "give a text file with one caption per line")
     try: lines = raw.decode("utf-8-sig").splitlines()  # a byte-order mark (as some editors write) is not part of the first caption
     except UnicodeDecodeError as e: raise DSDInputError(f"captions file '{p}' is not UTF-8 text") from e
     caps = [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]
@@ -83,11 +85,14 @@ def read_captions_file(path:str|Path)->list: # list of str
 MAX_STDIN_IMAGE_BYTES = 256 * 2**20  # an image on standard input larger than this is refused (256 MiB)
 
 def read_stdin_image()->bytes:
-    "The bytes of an image file on standard input (`dsd-score - ... < photo.png`); `DSDInputError` when there is none or it is over `MAX_STDIN_IMAGE_BYTES`."
-    if sys.stdin is not None and sys.stdin.isatty(): raise DSDInputError("image '-' reads an image file from standard input, which is a terminal here: use `< photo.png` or a pipe")
+    """The bytes of an image file on standard input (`dsd-score - ... < photo.png`); `DSDInputError` when there is none
+    or it is over `MAX_STDIN_IMAGE_BYTES`."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        raise DSDInputError("image '-' reads an image file from standard input, which is a terminal here: use `< photo.png` or a pipe")
     try: raw = _read_stdin(MAX_STDIN_IMAGE_BYTES + 1, "image '-'")
     except OSError as e: raise DSDInputError(f"standard input cannot be read: {e.strerror or e}") from e
-    if len(raw) > MAX_STDIN_IMAGE_BYTES: raise DSDInputError(f"the image on standard input is larger than {MAX_STDIN_IMAGE_BYTES // 2**20} MiB")
+    if len(raw) > MAX_STDIN_IMAGE_BYTES:
+        raise DSDInputError(f"the image on standard input is larger than {MAX_STDIN_IMAGE_BYTES // 2**20} MiB")
     if not raw: raise DSDInputError("image '-' means standard input, and it was empty: pipe an image file in (`< photo.png`)")
     return raw
 
@@ -119,7 +124,8 @@ def _captions(caps:list, captions_file, image_args:list)->list:
     if image_args.count("-") > 1: raise DSDInputError("standard input can carry one image: give the others as files")
     if captions_file is not None:
         if not str(captions_file).strip(): raise DSDInputError("--captions_file is empty: give a path (or - for standard input)")
-        if captions_file == "-" and "-" in image_args: raise DSDInputError("standard input can carry the image or the captions, not both: give one of them as a file")
+        if captions_file == "-" and "-" in image_args:
+            raise DSDInputError("standard input can carry the image or the captions, not both: give one of them as a file")
         caps = caps + read_captions_file(captions_file)
     if not caps: raise DSDInputError("give at least one caption (as arguments or with --captions_file)")
     return caps
@@ -136,7 +142,8 @@ def score_command(image:Param("image file to score (PNG, JPEG, ...; '-': standar
                   layers:Param("cross-attention layers: reference, all_cross, or comma-separated names", str)="reference",
                   resize:Param("how images are fitted to the model's size", str, choices=RESIZE_MODES)="squash",
                   chunk_size:Param("most UNet rows per call", int)=32,
-                  token_mask:Param("text positions the attention term counts: all (reference), real (start, words, end) or words", str, choices=TOKEN_MASKS)="all",
+                  token_mask:Param("text positions the attention term counts: all (reference), real (start, words, end) or words",
+                                   str, choices=TOKEN_MASKS)="all",
                   json:Param("print JSON instead of tables (a list of objects for several images)", bool)=False):
     "Rank captions for images with Discriminative Stable Diffusion (DSD) scores from a frozen diffusion model."
     image_args, caps = split_images_captions([str(image), *(captions or [])])
@@ -145,7 +152,8 @@ def score_command(image:Param("image file to score (PNG, JPEG, ...; '-': standar
     reference_timesteps(steps); check(seed, "seed", lo=0, hi=MAX_SEED - 1); check(chunk_size, "chunk_size", lo=1)  # before the model loads
     images = [load_image(read_stdin_image(), name="the image on standard input") if a == "-" else load_image(a) for a in image_args]
     pipe = load_pipeline(model, device=device, dtype=dtype)  # (a bad image was reported before a possibly large model loads)
-    scorer = DSDScorer(pipe, mode=mode, steps=steps, seed=seed, layers=lay, resize=resize, chunk_size=chunk_size, progress=None, token_mask=token_mask)
+    scorer = DSDScorer(pipe, mode=mode, steps=steps, seed=seed, layers=lay, resize=resize, chunk_size=chunk_size, progress=None,
+                       token_mask=token_mask)
     res = scorer.score(images, caps, details=True)
     if json:
         outs = [_ranking_object(res, i, a, model, mode, steps, seed) for i, a in enumerate(image_args)]

@@ -150,7 +150,8 @@ def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
     "Save `pipe` in the diffusers folder layout (safetensors), writing to a temporary folder and renaming it into place."
     folder = Path(folder).expanduser()
     if folder.exists() and not overwrite: raise DSDInputError(f"'{folder}' already exists: pass overwrite=True to replace it")
-    with atomic_folder(folder) as tmp, quiet_libraries(): pipe.save_pretrained(tmp, safe_serialization=True)  # no shard-writing progress bar
+    with atomic_folder(folder) as tmp, quiet_libraries():  # no shard-writing progress bar
+        pipe.save_pretrained(tmp, safe_serialization=True)
     return folder
 
 # %% ../nbs/02_models.ipynb #1bdf0b59
@@ -161,7 +162,8 @@ import transformers.utils.logging as _tlog
 @contextmanager
 def quiet_libraries(quiet:bool=True # False: change nothing (for a caller's `progress=True`)
                    ):
-    "Silence diffusers' and transformers' progress bars and info logs inside the `with` block (loading, saving, a console command), restoring them after."
+    """Silence diffusers' and transformers' progress bars and info logs inside the `with` block (loading, saving, a console
+    command), restoring them after."""
     if not quiet: yield; return
     state = (_dlog.is_progress_bar_enabled(), _tlog.is_progress_bar_enabled(), _dlog.get_verbosity(), _tlog.get_verbosity())
     _dlog.disable_progress_bar(); _tlog.disable_progress_bar(); _dlog.set_verbosity_error(); _tlog.set_verbosity_error()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_scenes.ipynb #62c5115b
 from __future__ import annotations
-import csv, io, json, math, os, random, shutil, tempfile
+import csv, io, json, math, os, random, tempfile
 from collections import Counter, deque
 from dataclasses import dataclass, replace, asdict
 from pathlib import Path
@@ -373,7 +373,8 @@ def _check_out_file(path, flag, example):
 
 def _scene_format(out, captions_out)->str:
     "The PIL format `out`'s extension names, after checking both file names (before anything is rendered)."
-    if captions_out is not None and not captions_out.strip(): raise DSDInputError("--captions_out is empty: give a file name such as captions.txt, or leave it out")
+    if captions_out is not None and not captions_out.strip():
+        raise DSDInputError("--captions_out is empty: give a file name such as captions.txt, or leave it out")
     _check_out_file(out, "--out", "scene.png")
     fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
     if Path(out).suffix.lower() not in IMAGE_SUFFIXES or fmt not in PIL.Image.SAVE:
