@@ -4,22 +4,56 @@
 
 # %% ../nbs/00_core.ipynb #89604b55
 from __future__ import annotations
-import numbers, os, warnings
+import math, numbers, os, warnings
 import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 # %% auto #0
-__all__ = ['MAX_SEED', 'DSDInputError', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed', 'draw_noise',
-           'flag_message', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'replace_dir',
-           'check_max_minutes', 'make_folder', 'write_atomic', 'print_stdout', 'console_setup']
+__all__ = ['MAX_SEED', 'DSDInputError', 'check', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed',
+           'draw_noise', 'flag_message', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'check_max_minutes']
 
 # %% ../nbs/00_core.ipynb #d19fb132
 class DSDInputError(ValueError):
     "Bad user input (image, caption, model name or option); the message says what was wrong and what to do."
 
+# %% ../nbs/00_core.ipynb #0f13ad37
+def _wanted(kind, lo, hi, above, choices)->str:
+    "What a good value is, in words, for `check`'s message."
+    if kind == "choice": return "one of " + ", ".join(map(str, choices))
+    if kind == "bool": return "True or False"
+    if kind == "int":
+        if lo is not None and hi is not None: return f"an integer from {lo} to {hi}"
+        if lo == 1: return "a positive integer"
+        return "an integer" + (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+    if above == 0 and lo is None and hi is None: return "a positive finite number"
+    bounds = [f"> {above}"] * (above is not None) + [f">= {lo}"] * (lo is not None) + [f"<= {hi}"] * (hi is not None)
+    return " ".join(["a finite number"] + [" and ".join(bounds)] * bool(bounds))
+
+def check(value, # the value to check
+          name:str, # its name in the message, e.g. "steps" (or the flag, "--steps", on a command line)
+          kind:str="int", # "int" (a whole number), "number" (a finite real), "bool" or "choice"; a bool is never a number
+          lo=None, # smallest allowed value (int, number)
+          hi=None, # largest allowed value (int, number)
+          choices=None, # the allowed values (choice)
+          allow_none:bool=False, # None passes unchanged
+          above=None, # a strict lower bound (number), e.g. 0 for a learning rate
+          msg:str|None=None # what a good value is, for the message (default: said from `kind` and the bounds)
+         ): # `value`; a Python `int` for "int"
+    "`value` when it is a `kind` within the bounds; else `DSDInputError(\"{name} must be {msg}; got {value!r}\")`."
+    if value is None and allow_none: return None
+    if kind == "choice": ok = any(value is c or (type(value) is type(c) and value == c) for c in choices)
+    elif kind == "bool": ok = isinstance(value, bool)
+    elif kind in ("int", "number"):
+        ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if kind == "int" else numbers.Real)
+        ok = ok and math.isfinite(value) and (lo is None or value >= lo) and (hi is None or value <= hi)
+        ok = ok and (above is None or value > above)
+    else: raise ValueError(f"check: unknown kind {kind!r}")
+    if not ok: raise DSDInputError(f"{name} must be {msg or _wanted(kind, lo, hi, above, choices)}; got {value!r}")
+    return int(value) if kind == "int" else value
+
 # %% ../nbs/00_core.ipynb #fde99640
-def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", "mps", or a `torch.device`
+def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", "mps", a `torch.device`
                   )->torch.device:
     "Turn a device name into a `torch.device`; raises `DSDInputError` for unknown or unavailable devices."
     if device is None or str(device) == "auto":
@@ -28,11 +62,13 @@ def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA when avail
     except (RuntimeError, TypeError) as e:
         raise DSDInputError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DSDInputError(f"device {device!r} asked for, but this torch build or machine has no CUDA GPU: use device 'cpu' (--device cpu on the command line)")
+        raise DSDInputError(f"device {device!r} asked for, but this torch build or machine has no CUDA GPU: "
+                            "use device 'cpu' (--device cpu on the command line)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DSDInputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise DSDInputError(f"device {device!r} asked for, but MPS is not available here: use device 'cpu' (--device cpu on the command line)")
+        raise DSDInputError(f"device {device!r} asked for, but MPS is not available here: "
+                            "use device 'cpu' (--device cpu on the command line)")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise DSDInputError(f"unsupported device type {dev.type!r}: use 'cpu', 'cuda' or 'mps'")
     return dev
@@ -62,16 +98,11 @@ def reference_timesteps(steps:int=10, # S, the reference's `--sampling_time_step
                         offset:int=10, # indices skipped at both ends of the 1000-step grid (10 in the reference)
                         num_train_timesteps:int=1000 # length of the model's training schedule
                        )->torch.Tensor: # int64 timesteps in 0..num_train_timesteps-1, ascending
-    "The reference DSD timestep grid for `S` sampling steps (method notes section 2.5): S=10 gives 89, 189, ..., 989; S=50 gives 49 timesteps; every S from 501 to 1000 gives the same 980."
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise DSDInputError(f"steps must be a positive integer, got {steps!r}")
-    steps = int(steps)
-    if not 0 <= offset < num_train_timesteps // 2:
-        raise DSDInputError(f"offset must be in 0..{num_train_timesteps//2 - 1}, got {offset}")
-    rate = num_train_timesteps // steps
-    if rate < 1:
-        raise DSDInputError(f"steps={steps} is more than the {num_train_timesteps} training timesteps")
-    idx = torch.arange(offset, num_train_timesteps - offset, rate)
+    """The reference DSD timestep grid for `S` sampling steps (method notes section 2.5): S=10 gives 89, 189, ..., 989;
+    S=50 gives 49 timesteps; every S from 501 to 1000 gives the same 980. `DSDInputError` for S outside 1..1000."""
+    steps = check(steps, "steps", lo=1, hi=num_train_timesteps)
+    offset = check(offset, "offset", lo=0, hi=num_train_timesteps // 2 - 1)
+    idx = torch.arange(offset, num_train_timesteps - offset, num_train_timesteps // steps)
     return torch.sort((num_train_timesteps - 1) - idx).values
 
 # %% ../nbs/00_core.ipynb #ac446d9c
@@ -79,9 +110,7 @@ MAX_SEED = 2**63 - 2 # seeds are 0..MAX_SEED (seed + 1 seeds a second stream)
 
 def check_seed(seed)->int:
     "A seed as a Python int in 0..MAX_SEED; raises `DSDInputError` otherwise."
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise DSDInputError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    return int(seed)
+    return check(seed, "seed", lo=0, hi=MAX_SEED)
 
 # %% ../nbs/00_core.ipynb #6ab894d0
 def draw_noise(shape:tuple, # e.g. (K, 4, 64, 64): one latent-shaped noise per timestep
@@ -130,102 +159,8 @@ def epsilon_from_prediction(sched:DDPMScheduler, # from `noise_scheduler`
     if kind == "sample": return ((x_t.float() - ab.sqrt() * pred.float()) / (1 - ab).sqrt()).to(pred.dtype)
     raise DSDInputError(f"unknown prediction_type {kind!r} in the scheduler config")
 
-# %% ../nbs/00_core.ipynb #75846faa
-def replace_dir(tmp, # a finished temporary folder (a sibling of `dest`)
-                dest)->Path: # `dest`, now holding what `tmp` held
-    "Move folder `tmp` to `dest`; an existing `dest` is renamed aside first and removed only after the swap. What it holds gets the usual modes (`mkdtemp` makes private ones)."
-    import shutil
-    from pathlib import Path
-    tmp, dest = Path(tmp), Path(dest)
-    umask = os.umask(0); os.umask(umask)
-    for root, dirs, files in os.walk(tmp):
-        os.chmod(root, 0o777 & ~umask)
-        for f in files: os.chmod(os.path.join(root, f), 0o666 & ~umask)
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old.{os.getpid()}"); dest.rename(old); tmp.rename(dest); shutil.rmtree(old)
-    else: tmp.rename(dest)
-    return dest
-
 # %% ../nbs/00_core.ipynb #6e50b57d
 def check_max_minutes(max_minutes)->float|None:
     "A time budget in minutes: None (no limit) or a number >= 0 (0: stop after the first step); raises `DSDInputError` otherwise."
-    if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, numbers.Real) and max_minutes >= 0)):
-        raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
-    return max_minutes
-
-def make_folder(path, what:str="output folder")->Path:
-    "Create folder `path` (and its parents) if needed; `DSDInputError` naming `what` when it is a file or cannot be made."
-    from pathlib import Path
-    path = Path(path)
-    if path.exists() and not path.is_dir(): raise DSDInputError(f"{what} '{path}' is a file: give a folder name")
-    try: path.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise DSDInputError(f"cannot make the {what} '{path}': {e.strerror} (is part of the path a file, or a broken link?)") from None
-    return path
-
-# %% ../nbs/00_core.ipynb #1485d850
-def write_atomic(path, # destination file; its folder must exist
-                 data:bytes|str # the whole content; str is written as UTF-8
-                )->Path: # `path`
-    "Write `data` to `path` in one step: a temporary file in the same folder is written, then renamed over `path`. Raises TypeError for other data, OSError (naming `path`) when the folder is missing or not writable."
-    import stat, tempfile
-    from pathlib import Path
-    if isinstance(data, str): data = data.encode("utf-8")
-    elif not isinstance(data, (bytes, bytearray, memoryview)): raise TypeError(f"write_atomic writes bytes or str, not {type(data).__name__}")
-    path = Path(path)
-    real = Path(os.path.realpath(path))  # through symbolic links: the link stays, its target gets the content
-    try:
-        st = os.stat(real) if real.exists() else None
-        if st is not None and not stat.S_ISREG(st.st_mode):  # a device, a named pipe: not renamed over, written into
-            with open(real, "wb") as f: f.write(data)
-            return path
-        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=".dsd-", suffix=".tmp")
-    except OSError as e: raise type(e)(e.errno, f"cannot write '{path}': {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f: f.write(data)
-        if st is not None: mode = stat.S_IMODE(st.st_mode)
-        else: umask = os.umask(0); os.umask(umask); mode = 0o666 & ~umask  # a new file gets open()'s usual mode
-        os.chmod(tmp, mode); os.replace(tmp, real)
-    except OSError as e: raise type(e)(e.errno, f"cannot write '{path}': {e.strerror}") from None
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    return path
-
-# %% ../nbs/00_core.ipynb #b924dd88
-def print_stdout(text:str)->None:
-    "Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with status 141 when the reader has closed the pipe, and one line naming the command with status 1 on any other write error (a full disk)."
-    import sys
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
-    if sys.stdout is None:  # started with stdout closed (`cmd >&-`): say so instead of dropping the output
-        if sys.stderr is not None: sys.stderr.write(f"{prog}: error: cannot write to standard output: it is closed\n")
-        sys.exit(1)
-    try:
-        try: print(text, flush=True)
-        except UnicodeEncodeError:
-            sys.stdout.flush(); sys.stdout.buffer.write((text + "\n").encode("utf-8")); sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so Python's own flush at exit finds a sink
-        sys.exit(141)
-    except OSError as e:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.stderr.write(f"{prog}: error: cannot write to standard output: {e.strerror}\n"); sys.exit(1)
-
-# %% ../nbs/00_core.ipynb #df98a08d
-class _DropWhenReaderGone:
-    "A text stream that passes everything to `stream` until its reader goes away (BrokenPipeError), then drops it."
-    def __init__(self, stream): self._stream, self.reader_gone = stream, False
-    def _call(self, name, *args):
-        if self.reader_gone: return None
-        try: return getattr(self._stream, name)(*args)
-        except BrokenPipeError: self.reader_gone = True
-    def write(self, s):
-        n = self._call("write", s)
-        return len(s) if n is None else n
-    def flush(self): self._call("flush")
-    def __getattr__(self, name): return getattr(self._stream, name)
-
-def console_setup()->None:
-    "For console scripts: stderr output (progress bars, warnings) is dropped once its reader is gone instead of stopping the command; SIGTERM raises KeyboardInterrupt, so it cleans up like Ctrl-C."
-    import signal, sys
-    if not isinstance(sys.stderr, _DropWhenReaderGone): sys.stderr = _DropWhenReaderGone(sys.stderr)
-    def stop(signum, frame): raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
+    return check(max_minutes, "max_minutes", "number", lo=0, allow_none=True,
+                 msg="a number of minutes >= 0 (0: stop after the first step; None: no limit)")

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import PIL.Image
-from .core import DSDInputError, replace_dir, write_atomic
+from .core import DSDInputError
+from .plumbing import atomic_folder, write_atomic
 from .attention import AttentionObserver
 from .scenes import sample_examples, detect, render, SPLITS
 
@@ -39,14 +40,9 @@ def ship_scene_sd(run_dir, # a finished `dsd-train-scene-sd` output folder (has 
     mb = folder_mb(run_dir / "pipeline")
     if mb > max_mb: raise DSDInputError(f"the pipeline in {run_dir} is {mb:.1f} MB, over the {max_mb} MB budget of a shipped model")
     if dest.exists() and not overwrite: raise DSDInputError(f"{dest} already exists: pass overwrite=True to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_folder(dest) as tmp:
         shutil.copytree(run_dir / "pipeline", tmp, dirs_exist_ok=True)
         shutil.copy2(run_dir / "recipe.json", tmp / "recipe.json")
-        replace_dir(tmp, dest)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 # %% ../nbs/09_model_card.ipynb #634a57d7

@@ -13,7 +13,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from .core import DSDInputError, check_seed, replace_dir, write_atomic, print_stdout, console_setup, check_max_minutes, make_folder, flag_message
+from .core import DSDInputError, check_seed, check_max_minutes, flag_message
+from .plumbing import atomic_folder, write_atomic, print_stdout, console_setup, make_folder
 from .attention import AttentionCapture
 from .inputs import load_image
 from .scoring import DSDScorer, MODES, encode_captions
@@ -315,15 +316,11 @@ def save_adapter(pipe, folder, name:str="default")->Path:
     "Save adapter `name` of the UNet in the diffusers LoRA layout (safetensors + config metadata), atomically."
     from diffusers import StableDiffusionPipeline
     if name not in getattr(pipe.unet, "peft_config", {}): raise DSDInputError(f"no adapter named {name!r} to save")
-    folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
         sd = get_peft_model_state_dict(pipe.unet, adapter_name=name)
         StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=sd, safe_serialization=True,
                                                   unet_lora_adapter_metadata=pipe.unet.peft_config[name].to_dict())
-        replace_dir(tmp, folder)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 # %% ../nbs/12_prompt_learning.ipynb #0d08e960
@@ -494,16 +491,11 @@ def _set_trained_state(pipe, name, method, state:dict):
 
 def _save_checkpoint(pipe, name, opt, step, log, out, best=None, method="lora"):
     from safetensors.torch import save_file
-    out = Path(out); (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".last.", dir=out / "checkpoints"))
-    try:
+    with atomic_folder(_state_path(out)) as tmp:
         _save_trained(pipe, name, tmp, method)
         if best is not None: save_file(best["state"], tmp / "best.safetensors", metadata={k: str(best[k]) for k in ("step", "pairwise", "loss")})
         torch.save(dict(optimizer=opt.state_dict(), step=step), tmp / "trainer_state.pt")
         (tmp / "log.json").write_text(json.dumps(log))
-        replace_dir(tmp, _state_path(out))
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 def _load_checkpoint(pipe, name, opt, out, method="lora"):
     from safetensors.torch import load_file
@@ -568,14 +560,10 @@ def _active_adapters(unet)->list:
 def _save_frozen(pipe, method:str, folder:Path):
     "Save the frozen parts `_frozen_extras` records into `folder` (atomically; one process): `soft_prompt.safetensors` under a LoRA run, one adapter folder per active UNet adapter (diffusers layout) under a soft-prompt run."
     for old in folder.parent.glob(f".{folder.name}.*"): shutil.rmtree(old, ignore_errors=True)  # left by a killed save
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         if method == "lora": save_soft_prompt(pipe, tmp / "soft_prompt.safetensors")
         else:
             for a in _active_adapters(pipe.unet): save_adapter(pipe, tmp / a, a)
-        replace_dir(tmp, folder)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets adapter `name`
                  train:list, # `RankingExample`s to learn from (the shots)

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, _fork_seed, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, print_stdout, write_atomic, console_setup, check_seed, check_max_minutes, make_folder, flag_message
+from .core import DSDInputError, resolve_device, check_seed, check_max_minutes, flag_message
+from .plumbing import print_stdout, write_atomic, console_setup, make_folder
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,

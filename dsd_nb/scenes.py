@@ -4,20 +4,21 @@
 
 # %% ../nbs/06_scenes.ipynb #62c5115b
 from __future__ import annotations
-import csv, io, json, math, os, random, shutil, tempfile
+import csv, io, json, math, os, random, tempfile
 from collections import Counter, deque
 from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np
 import PIL.Image, PIL.ImageDraw
-from .core import DSDInputError, write_atomic, print_stdout, check_seed
+from .core import DSDInputError, check_seed, check
+from .plumbing import write_atomic, atomic_folder
+from .inputs import IMAGE_SUFFIXES
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'RELATIONS', 'INVERSE', 'BACKGROUND', 'NEG_KINDS', 'HELD_OUT_PAIRS', 'SPLITS',
-           'COMVG_COLUMNS', 'MAX_INDEX', 'IMAGE_SUFFIXES', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true',
-           'draw_shape', 'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed',
-           'sample_examples', 'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example',
-           'dsd_scene']
+           'COMVG_COLUMNS', 'MAX_INDEX', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true', 'draw_shape',
+           'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed', 'sample_examples',
+           'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example', 'write_scene_example']
 
 # %% ../nbs/06_scenes.ipynb #2a26c82d
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
@@ -110,7 +111,7 @@ def draw_shape(draw, shape:str, cx:float, cy:float, r:float, fill):
 def render(scene:Scene, size:int=64, # image side in pixels (at least 32)
            background:tuple=BACKGROUND)->PIL.Image.Image: # RGB, size x size
     "Render a scene as an RGB image."
-    if size < 32 or size > 2048: raise DSDInputError(f"scenes are rendered at 32 to 2048 px, got {size}")
+    size = check(size, "size", lo=32, hi=2048, msg="a side in pixels from 32 to 2048")
     S = size * 4
     im = PIL.Image.new("RGB", (S, S), background)
     d = PIL.ImageDraw.Draw(im)
@@ -230,20 +231,15 @@ def sample_examples(split:str, n:int, seed:int=0, p_single:float=0.25)->list:
 # %% ../nbs/06_scenes.ipynb #00ec4c2c
 COMVG_COLUMNS = ["id", "sentence", "pos_triplet", "neg_triplet", "pos_image_id", "neg_image_id", "neg_value"]
 
-def _atomic_dir(folder:Path, overwrite:bool):
+def _refuse_existing(folder, overwrite:bool)->Path:
     folder = Path(folder)
     if folder.exists() and not overwrite: raise DSDInputError(f"'{folder}' exists: pass overwrite=True to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-
-def _commit_dir(tmp:Path, folder:Path):
-    if folder.exists(): shutil.rmtree(folder)
-    tmp.rename(folder)
+    return folder
 
 def write_comvg(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kinds=NEG_KINDS, overwrite:bool=False)->Path:
     "Write a ComVG-layout image-retrieval benchmark (CSV + images/) for a split: n scenes x each negative kind that applies."
-    folder = Path(folder); tmp = _atomic_dir(folder, overwrite)
-    try:
+    folder = _refuse_existing(folder, overwrite)
+    with atomic_folder(folder) as tmp:
         (tmp / "images").mkdir()
         rng, allowed = _split_rng(split + "-comvg", seed), split_allowed(split)
         rows, img_id = [], 0
@@ -260,9 +256,6 @@ def write_comvg(folder, split:str="test", n:int=200, seed:int=0, size:int=64, ki
                 img_id += 1
         with open(tmp / "comvg.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, COMVG_COLUMNS); w.writeheader(); w.writerows(rows)
-        _commit_dir(tmp, folder)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 def read_comvg(csv_path, images_dir=None, ext:str|None=None):
@@ -291,8 +284,8 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
 
 def write_i2t(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kinds=NEG_KINDS, overwrite:bool=False)->Path:
     "Write a text-retrieval benchmark: images/ plus i2t.jsonl rows {id, image, captions (true first), kinds}."
-    folder = Path(folder); tmp = _atomic_dir(folder, overwrite)
-    try:
+    folder = _refuse_existing(folder, overwrite)
+    with atomic_folder(folder) as tmp:
         (tmp / "images").mkdir()
         rng = _split_rng(split + "-i2t", seed)
         with open(tmp / "i2t.jsonl", "w", encoding="utf-8") as f:
@@ -302,9 +295,6 @@ def write_i2t(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kind
                 negs = [(k, c) for k, c in negs if c is not None]
                 f.write(json.dumps(dict(id=i, image=f"images/{i}.png", captions=[cap.text()] + [c.text() for _, c in negs],
                                         kinds=["positive"] + [k for k, _ in negs])) + "\n")
-        _commit_dir(tmp, folder)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 # %% ../nbs/06_scenes.ipynb #d9b07edc
@@ -364,61 +354,59 @@ def detect(image, # a PIL image (or path) of this world
     return sorted(out, key=lambda d: -d.area)
 
 # %% ../nbs/06_scenes.ipynb #bd5c06fa
-from fastcore.script import call_parse, Param
-
 MAX_INDEX = 100_000 # examples are drawn in sequence: index i costs i draws
 
 def scene_example(split:str="test", index:int=0, seed:int=0)->tuple: # (scene, true caption, [(kind, negative caption)])
     "The `index`-th two-object example of a split with one hard negative caption of each kind."
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < MAX_INDEX:
-        raise DSDInputError(f"index must be an integer from 0 to {MAX_INDEX - 1}, got {index!r}")
+    index = check(index, "index", lo=0, hi=MAX_INDEX - 1)
     scene, cap = sample_examples(split, index + 1, seed, p_single=0.0)[index]
     rng = _split_rng(f"{split}-negatives-{index}", seed)
     negs = [(k, negative(cap, scene, k, rng)) for k in NEG_KINDS]
     return scene, cap, [(k, c) for k, c in negs if c is not None]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # formats `dsd-score` reads back
-
+# %% ../nbs/06_scenes.ipynb #cadf5a9c
 def _check_out_file(path, flag, example):
     p = Path(path)
     if str(path).endswith(("/", os.sep)): raise DSDInputError(f"{flag} {path} ends in '/': give a file name such as {example}")
     if p.is_dir(): raise DSDInputError(f"{flag} {path} is a folder: give a file name such as {example}")
     if not p.parent.is_dir(): raise DSDInputError(f"{flag} {path}: folder '{p.parent}' does not exist; create it first")
 
-@call_parse
-def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="test",
-              index:Param("which example of the split", int)=0,
-              seed:Param("seed of the split", int)=0,
-              size:Param("image side in pixels", int)=64,
-              out:Param("where to write the PNG", str)="scene.png",
-              captions_out:Param("also write the captions (true first) to this file", str)=None):
-    "Render a scene-world example and print its true caption and hard negatives."
-    import sys
-    try:
-        check_seed(seed)  # the same seeds as dsd-score and dsd-train
-        if captions_out is not None and not captions_out.strip(): raise DSDInputError("--captions_out is empty: give a file name such as captions.txt, or leave it out")
-        scene, cap, negs = scene_example(split, index, seed)
-        _check_out_file(out, "--out", "scene.png")
-        fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
-        if Path(out).suffix.lower() not in IMAGE_SUFFIXES or fmt not in PIL.Image.SAVE:
-            raise DSDInputError(f"--out {out}: give an image file name ending in {', '.join(IMAGE_SUFFIXES)} (the extension picks the format)")
-        if captions_out:
-            _check_out_file(captions_out, "--captions_out", "captions.txt")
-            if Path(captions_out).resolve() == Path(out).resolve():
-                raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
-        buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
-        lines = [cap.text()] + [c.text() for _, c in negs]
-        target = Path(os.path.realpath(out))  # what --out names, through links (write_atomic writes there)
-        had = os.path.lexists(target)
-        try: before = target.read_bytes() if target.is_file() else None  # what it held, put back if the captions fail
-        except OSError: before = None  # unreadable (write-only): it cannot be put back, but it is not removed either
-        write_atomic(out, buf.getvalue())  # the image first: a failure to write it leaves an existing captions file as it was
-        if captions_out:
-            try: write_atomic(captions_out, "\n".join(lines) + "\n")
-            except OSError:  # all or nothing: no new image beside a missing captions file
-                if before is not None: write_atomic(out, before)
-                elif not had and target.is_file(): target.unlink()  # only a file this call made (never a link, pipe or device)
-                raise
-    except (DSDInputError, OSError, ValueError) as e:
-        sys.stderr.write(f"dsd-scene: error: {e}\n"); sys.exit(2)
-    print_stdout(f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})\n" + "\n".join(lines))
+def _scene_format(out, captions_out)->str:
+    "The PIL format `out`'s extension names, after checking both file names (before anything is rendered)."
+    if captions_out is not None and not captions_out.strip():
+        raise DSDInputError("--captions_out is empty: give a file name such as captions.txt, or leave it out")
+    _check_out_file(out, "--out", "scene.png")
+    fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
+    if Path(out).suffix.lower() not in IMAGE_SUFFIXES or fmt not in PIL.Image.SAVE:
+        raise DSDInputError(f"--out {out}: give an image file name ending in {', '.join(IMAGE_SUFFIXES)} (the extension picks the format)")
+    if captions_out:
+        _check_out_file(captions_out, "--captions_out", "captions.txt")
+        if Path(captions_out).resolve() == Path(out).resolve():
+            raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
+    return fmt
+
+def write_scene_example(out:str="scene.png", # the image file; its extension (one of `IMAGE_SUFFIXES`) picks the format
+                        split:str="test", index:int=0, seed:int=0, # which example (see `scene_example`)
+                        size:int=64, # image side in pixels
+                        captions_out:str|None=None # also write the captions (true first, one per line) to this file
+                       )->str: # what `dsd-scene` prints: a heading line, then the captions
+    """Render an example to `out` and, with `captions_out`, its captions: both files or neither (an image that was at `out`
+    is put back when the captions cannot be written). `DSDInputError` for bad settings or file names; `OSError`
+    naming the file when one cannot be written."""
+    check_seed(seed)  # the same seeds as dsd-score and dsd-train
+    fmt = _scene_format(out, captions_out)
+    scene, cap, negs = scene_example(split, index, seed)
+    buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
+    lines = [cap.text()] + [c.text() for _, c in negs]
+    target = Path(os.path.realpath(out))  # what `out` names, through links (write_atomic writes there)
+    had = os.path.lexists(target)
+    try: before = target.read_bytes() if target.is_file() else None  # what it held, put back if the captions fail
+    except OSError: before = None  # unreadable (write-only): it cannot be put back, but it is not removed either
+    write_atomic(out, buf.getvalue())  # the image first: a failure to write it leaves an existing captions file as it was
+    if captions_out:
+        try: write_atomic(captions_out, "\n".join(lines) + "\n")
+        except OSError:  # all or nothing: no new image beside a missing captions file
+            if before is not None: write_atomic(out, before)
+            elif not had and target.is_file(): target.unlink()  # only a file this call made (never a link, pipe or device)
+            raise
+    return f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})\n" + "\n".join(lines)
