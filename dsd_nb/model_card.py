@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import PIL.Image
-from .core import DSDInputError
+from .core import DSDInputError, check
 from .plumbing import atomic_folder, write_atomic
 from .attention import AttentionObserver
 from .scenes import sample_examples, detect, render, SPLITS
@@ -129,8 +129,7 @@ def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
     """Per object word: the share of its cross-attention mass inside its own object's mask and the other's (heads, layers, timesteps averaged),
     read with the DSD scorer's latents and noise bank on its timestep grid.
     `on_object` compares densities (share / the object's area), so a small object can win with a smaller share. Raises `DSDInputError` for n < 1."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1: raise DSDInputError(f"n must be a positive whole number of scenes; got {n!r}")
-    n = int(n)
+    n = check(n, "n", lo=1, msg="a positive whole number of scenes")
     from dsd_nb.scene_sd import object_masks, word_owners, mask_shares
     from dsd_nb.scoring import DSDScorer
     sc = DSDScorer(pipe, mode="attention", steps=steps, seed=seed, layers="all_cross")  # caption rows only, on the DSD grid and noise bank

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from diffusers.utils.torch_utils import randn_tensor
-from .core import DSDInputError, reference_timesteps, draw_noise, noise_scheduler, add_noise, epsilon_from_prediction, check_seed, MAX_SEED
+from .core import DSDInputError, check, reference_timesteps, draw_noise, noise_scheduler, add_noise, epsilon_from_prediction, check_seed, MAX_SEED
 from .inputs import images_to_tensor, check_captions, RESIZE_MODES
 from .attention import AttentionCapture, Rows, ROWS_KEY, select_layers
 from .tracing import AttentionTrace
@@ -75,7 +75,7 @@ def timestep_scores(mode:str, # "dsd", "attention" or "diffusion_itm"
                     itm_normalize:bool=False # diffusion_itm: subtract the unconditional error
                    )->torch.Tensor: # [..., K] fp32 score at each timestep
     "The DSD score of each timestep in any mode (method notes, sections 2.8 to 2.11); raises `DSDInputError` for an unknown mode or a missing empty-caption error."
-    if mode not in MODES: raise DSDInputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    check(mode, "mode", "choice", choices=MODES)
     if mode == "attention": return attention
     if sq_error_uncond is None and (mode == "dsd" or itm_normalize):
         raise DSDInputError(f"mode {mode!r}" + (" with itm_normalize" if mode != "dsd" else "") + " needs the empty caption's error")
@@ -102,17 +102,13 @@ class DSDScorer:
                  progress:bool|None=False, # tqdm progress bar over UNet rows: True, False, or None (only on a terminal)
                  background:tuple=(255, 255, 255), # composited under transparent pixels
                  token_mask:str="all"): # attention LSE over "all" 77 positions (reference), the "real" tokens (start, words, end) or the "words" only
-        if token_mask not in TOKEN_MASKS: raise DSDInputError(f"token_mask must be one of {', '.join(TOKEN_MASKS)}; got {token_mask!r}")
+        check(token_mask, "token_mask", "choice", choices=TOKEN_MASKS); check(mode, "mode", "choice", choices=MODES)
+        check(latent, "latent", "choice", choices=("mean", "sample")); check(resize, "resize", "choice", choices=RESIZE_MODES)
+        chunk_size = check(chunk_size, "chunk_size", lo=1)
         if reference_parity and token_mask != "all": raise DSDInputError("reference_parity reproduces the reference's LSE over all 77 positions: use token_mask='all'")
-        if mode not in MODES: raise DSDInputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if latent not in ("mean", "sample"): raise DSDInputError(f"latent must be 'mean' or 'sample'; got {latent!r}")
-        if resize not in RESIZE_MODES: raise DSDInputError(f"resize must be one of {RESIZE_MODES}; got {resize!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-            raise DSDInputError(f"chunk_size must be a positive integer; got {chunk_size!r}")
         if not all(hasattr(pipe, a) for a in ("unet", "vae", "tokenizer", "text_encoder", "scheduler")):
             raise DSDInputError(f"DSDScorer needs a Stable Diffusion pipeline (see `load_pipeline`), got {type(pipe).__name__}")
-        seed = check_seed(seed)
-        if seed == MAX_SEED: raise DSDInputError(f"seed must be below {MAX_SEED} (seed + 1 seeds the latent samples)")
+        seed = check(seed, "seed", lo=0, hi=MAX_SEED - 1, msg=f"an integer from 0 to {MAX_SEED - 1} (seed + 1 seeds the latent samples)")
         check_pipeline(pipe, warn=False)
         self.pipe, self.unet, self.vae = pipe, pipe.unet, pipe.vae
         p = next(self.unet.parameters())  # read once: diffusers' `.device`/`.dtype` walk every submodule on each access

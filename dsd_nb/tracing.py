@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import PIL.Image
-from .core import DSDInputError
+from .core import DSDInputError, check
 from .inputs import images_to_tensor
 from .attention import AttentionObserver, CrossAttnLayer
 
@@ -64,8 +64,7 @@ def pooled_grid(grid:tuple, # (rows, cols) of a layer's query grid
                )->tuple: # (rows, cols, factor)
     "The grid a layer's maps are kept at: the native grid divided by the smallest integer factor that fits `max_grid`."
     if max_grid is None: return (*grid, 1)
-    if isinstance(max_grid, bool) or not isinstance(max_grid, numbers.Integral) or max_grid < 1:
-        raise DSDInputError(f"max_grid must be a positive integer or None; got {max_grid!r}")
+    max_grid = check(max_grid, "max_grid", lo=1, msg="a positive integer or None")
     f = max(1, math.ceil(max(grid) / max_grid))
     return (-(-grid[0] // f), -(-grid[1] // f), f)
 
