@@ -2,7 +2,7 @@
 """The GPU checks the notebooks mark `#| cuda`, plus the measurements the issues ask of a GPU, as one script.
 
   parity    : the same DSD scores on CUDA as on the CPU (tiny random pipeline, fp32 and fp16; the shipped scene-sd)
-  trace     : `trace_attention` on an SD-2.1-shaped pipeline (UNet, VAE and text encoder of SD 2.1's sizes, random
+  trace     : `DSDScorer.trace` on an SD-2.1-shaped pipeline (UNet, VAE and text encoder of SD 2.1's sizes, random
               weights) at 512 px on the GPU: host memory kept (RSS before/after, the trace's own bytes), GPU peak
   train     : one prompt-learning step (LoRA rank 4 on all attention layers, 2 i2t examples x 6 captions) on the
               SD-2.1-shaped UNet at 512 px on the GPU, bf16 autocast through accelerate, with and without gradient
@@ -66,7 +66,7 @@ def trace(res, resolution=512, steps=10):
     import torch
     from dsd_nb.models import sd21_shaped_pipeline
     from dsd_nb.scoring import DSDScorer
-    from dsd_nb.visualize import trace_attention, trace_nbytes
+    from dsd_nb.tracing import trace_nbytes
     from dsd_nb.scenes import scene_example, render
     scene, cap, negs = scene_example("test", 3)
     caps = [cap.text()] + [c.text() for _, c in negs]
@@ -83,7 +83,7 @@ def trace(res, resolution=512, steps=10):
     sc.score(img, caps[:1])  # warm-up (kernels, allocator)
     sync(); reset_peak()
     before = rss_gib(); t0 = time.time()
-    tr = trace_attention(sc, img, caps)  # defaults: head mean, maps pooled to at most 32 x 32, fp32, max_bytes 1 GiB
+    with sc.trace() as tr: sc.score(img, caps)  # defaults: head mean, maps pooled to at most 32 x 32, fp32, max_bytes 1 GiB
     sync()
     res.update(trace_s=time.time() - t0, rss_before_gib=before, rss_after_gib=rss_gib(), trace_mib=tr.nbytes / 2 ** 20,
                gpu_peak_gib=peak_gib(), unet_calls=tr.unet_calls,

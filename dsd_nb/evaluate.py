@@ -5,15 +5,95 @@
 # %% ../nbs/08_evaluate.ipynb #e888d9b4
 from __future__ import annotations
 import random
+from dataclasses import dataclass
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from .core import DSDInputError
-from .scoring import DSDScorer, ScoreResult, MODES, timestep_scores
+from .core import DSDInputError, check, check_seed
+from .scoring import DSDScorer, ScoreResult, Block, MODES, timestep_scores
 from .scenes import NEG_KINDS, sample_examples, negative, negative_scene, render, split_allowed
 
 # %% auto #0
-__all__ = ['mode_scores', 'scene_matching', 'accuracy_table']
+__all__ = ['RankingExample', 'scene_ranking_examples', 'example_generator', 'fill_cache', 'example_blocks', 'example_scores',
+           'mode_scores', 'evaluate_examples', 'ranking_summary', 'scene_matching', 'accuracy_table']
+
+# %% ../nbs/08_evaluate.ipynb #0d613bc6
+@dataclass
+class RankingExample:
+    "One query with its candidates, positive first: 1 image x C captions (i2t) or C images x 1 caption (t2i)."
+    images: list # PIL images (or paths): 1 for i2t, C >= 2 for t2i
+    captions: list # str: C >= 2 for i2t, 1 for t2i
+    kinds: tuple = () # the kind of each negative (C - 1 names), e.g. "subject"
+    def __post_init__(self):
+        ni, nc = len(self.images), len(self.captions)
+        if not ((ni == 1 and nc >= 2) or (nc == 1 and ni >= 2)):
+            raise DSDInputError(f"a ranking example needs 1 image and >= 2 captions, or 1 caption and >= 2 images; got {ni} images, {nc} captions")
+        if self.kinds and len(self.kinds) != self.n_candidates - 1:
+            raise DSDInputError(f"kinds names {len(self.kinds)} negatives but the example has {self.n_candidates - 1}")
+    @property
+    def direction(self): return "i2t" if len(self.images) == 1 else "t2i"
+    @property
+    def n_candidates(self): return max(len(self.images), len(self.captions))
+
+def scene_ranking_examples(split:str="fewshot", # a scene-world split (`SPLITS`)
+                           n:int=100, # number of scenes (each gives one example per direction)
+                           seed:int=0, direction:str="i2t", # "i2t", "t2i" or "both"
+                           kinds=NEG_KINDS, size:int=64,
+                           tag:str="ranking" # names the random stream of the negatives (scene_matching uses "eval")
+                          )->list: # list of `RankingExample`; with "both", each scene's i2t example then its t2i one
+    "Scene-world ranking examples: each two-object scene with its true caption and one hard negative of each kind."
+    check(direction, "direction", "choice", choices=("i2t", "t2i", "both"))
+    rng, allowed, out = random.Random(f"{tag}-{split}-{seed}"), split_allowed(split), []
+    for scene, cap in sample_examples(split, n, seed, p_single=0.0):
+        img = render(scene, size)
+        if direction in ("i2t", "both"):
+            negs = [(k, c) for k in kinds if (c := negative(cap, scene, k, rng)) is not None]
+            out.append(RankingExample([img], [cap.text()] + [c.text() for _, c in negs], tuple(k for k, _ in negs)))
+        if direction in ("t2i", "both"):
+            negs = [(k, s) for k in kinds if (s := negative_scene(cap, scene, k, rng, allowed)) is not None]
+            out.append(RankingExample([img] + [render(s, size) for _, s in negs], [cap.text()], tuple(k for k, _ in negs)))
+    return out
+
+# %% ../nbs/08_evaluate.ipynb #9d9c67d7
+def example_generator(seed:int, step:int, index:int)->torch.Generator:
+    "The CPU generator of one example's (timestep, noise) draws at a training step (step -1: validation)."
+    return torch.Generator("cpu").manual_seed((check_seed(seed) * 1_000_003 + step * 10_007 + index) % (2 ** 63 - 1))
+
+def fill_cache(scorer:DSDScorer, examples:list, cache:dict, captions:bool=True):
+    "Encode the images (VAE posterior mean) and captions of `examples` not yet in `cache`, in one group each."
+    new = [e for e in {id(e): e for e in examples}.values() if ("image", id(e)) not in cache]
+    if new:
+        m_new, _ = scorer.encode_images([im for e in new for im in e.images])
+        for e, m in zip(new, m_new.split([len(e.images) for e in new])): cache["image", id(e)] = m
+    new_caps = sorted({c for e in examples for c in e.captions if ("caption", c) not in cache}) if captions else []
+    if new_caps:
+        for c, x in zip(new_caps, scorer.encode_captions(new_caps)): cache["caption", c] = x
+
+def example_blocks(scorer:DSDScorer, examples:list, # `RankingExample`s
+                   draws:int|None=None, # None: the scorer's fixed grid; else this many drawn (timestep, noise) pairs per example
+                   generators:list|None=None, # with draws: one torch.Generator per example (see `example_generator`)
+                   cache:dict|None=None, # with draws: latents and embeddings kept across calls (see `fill_cache`)
+                   text_grad:bool=False, # encode the captions with the text encoder's graph (soft prompts in training)
+                   t_range:tuple=(0, 999) # the timesteps drawn from (inclusive)
+                  )->list: # one `Block` per example
+    "The block of each example: its images x its captions, positive first."
+    if draws is None: return [scorer.block(e.images, e.captions, text_grad=text_grad) for e in examples]
+    if generators is None or len(generators) != len(examples): raise DSDInputError("drawn blocks need one generator per example")
+    caps = sorted({c for e in examples for c in e.captions})
+    if cache is not None: fill_cache(scorer, examples, cache, captions=not text_grad)
+    means = [cache["image", id(e)] for e in examples] if cache is not None else scorer.encode_images([im for e in examples for im in e.images])[0].split([len(e.images) for e in examples])
+    E = scorer.encode_captions(caps, grad=True) if text_grad or cache is None else torch.stack([cache["caption", c] for c in caps])
+    cidx, sf, out = {c: i for i, c in enumerate(caps)}, scorer.vae.config.scaling_factor, []
+    for e, g, mean in zip(examples, generators, means):
+        ts, eps = zip(*[(torch.randint(t_range[0], t_range[1] + 1, (1,), generator=g), torch.randn((1,) + scorer.latent_shape, generator=g))
+                        for _ in range(draws)])
+        out.append(Block((mean * sf)[:, None], E[[cidx[c] for c in e.captions]], torch.cat(ts), torch.cat(eps),
+                         scorer.token_masks(e.captions), captions=list(e.captions), images=e.images))
+    return out
+
+def example_scores(results:list, examples:list)->list: # one [C] score tensor per example, positive first
+    "The candidates' scores of each example from its block's `ScoreResult`: the image's row (i2t) or the caption's column (t2i)."
+    return [r.scores[0] if e.direction == "i2t" else r.scores[:, 0] for r, e in zip(results, examples)]
 
 # %% ../nbs/08_evaluate.ipynb #f83fe911
 def mode_scores(res:ScoreResult, # a clean (not reference-parity) result with the empty-caption pass
@@ -25,34 +105,55 @@ def mode_scores(res:ScoreResult, # a clean (not reference-parity) result with th
     if sq_u is not None and res.sq_error.ndim == 3: sq_u = sq_u[:, None]   # [N, K] -> [N, 1, K]: shared by the captions
     return timestep_scores(mode, res.lse_mean.mean(-1), res.sq_error, sq_u, latent_numel, itm_normalize).mean(-1)
 
+# %% ../nbs/08_evaluate.ipynb #401a09f4
+def _candidates(r:ScoreResult, e:RankingExample, mode:str, scorer:DSDScorer)->torch.Tensor: # [C]
+    if mode == scorer.mode: return example_scores([r], [e])[0]
+    s = mode_scores(r, mode, int(torch.tensor(scorer.latent_shape).prod()), itm_normalize=mode == "diffusion_itm" and e.direction == "t2i")
+    return s[0] if e.direction == "i2t" else s[:, 0]
+
+def evaluate_examples(scorer:DSDScorer, examples:list, # `RankingExample`s
+                      draws:int|None=None, # None: the scorer's fixed grid (the protocol); else random draws per example
+                      seed:int=0, # seeds the draws (example i uses `example_generator(seed, -1, i)`)
+                      modes:tuple|None=None, # modes to report (default: the scorer's); others need a clean `dsd` scorer
+                      batch:int=16, # examples scored together
+                      progress:bool=False)->pd.DataFrame: # columns example, direction, kind, mode, correct, tie, margin
+    "Per example, negative and mode: is the positive strictly above the negative, and by how much."
+    modes = [scorer.mode] if modes is None else [check(m, "mode", "choice", choices=MODES) for m in modes]
+    if any(m != scorer.mode for m in modes) and (scorer.mode != "dsd" or scorer.reference_parity):
+        raise DSDInputError("recombining other modes needs a clean dsd scorer (mode='dsd', reference_parity=False)")
+    rows = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(examples), batch), desc="evaluating", disable=not progress):
+            ex = examples[i:i + batch]
+            gens = None if draws is None else [example_generator(seed, -1, i + j) for j in range(len(ex))]
+            for j, (e, r) in enumerate(zip(ex, scorer.score_blocks(example_blocks(scorer, ex, draws, gens)))):
+                for mode in modes:
+                    s = _candidates(r, e, mode, scorer)
+                    for n, k in enumerate(e.kinds or ("negative",) * (len(s) - 1)):
+                        m = (s[0] - s[n + 1]).item()
+                        rows.append(dict(example=i + j, direction=e.direction, kind=k, mode=mode, correct=m > 0, tie=m == 0, margin=m))
+    return pd.DataFrame(rows, columns=["example", "direction", "kind", "mode", "correct", "tie", "margin"])
+
+def ranking_summary(df:pd.DataFrame, # rows of `evaluate_examples` for one mode
+                    margin:float=0.1 # the hinge margin of the reported loss
+                   )->dict: # accuracy, pairwise, loss, acc_<kind>
+    "Accuracy (positive strictly above all negatives), pairwise accuracy per kind and their mean (`pairwise`), and the mean hinge loss."
+    if df.empty: return dict(accuracy=0.0, pairwise=0.0, loss=0.0)
+    per_ex = df.groupby("example").margin.min()
+    per_kind = df.groupby("kind").correct.mean().to_dict()
+    return dict(accuracy=float((per_ex > 0).mean()), pairwise=sum(per_kind.values()) / len(per_kind),
+                loss=float((margin - per_ex).clip(lower=0).mean()), **{f"acc_{k}": float(v) for k, v in per_kind.items()})
+
 # %% ../nbs/08_evaluate.ipynb #5d4a0e49
 def scene_matching(pipe, split:str="test", n:int=100, seed:int=0, steps:int=10, layers="reference",
                    kinds=NEG_KINDS, progress:bool=True, size:int|None=None,
                    token_mask:str="all")->pd.DataFrame: # `DSDScorer`'s token_mask: which text positions the attention term counts
-    "Per-example correctness on the scene world: columns example, direction, kind, mode, correct, tie, margin."
+    "Per-example correctness on the scene world: columns example (the scene), direction, kind, mode, correct, tie, margin."
     sc = DSDScorer(pipe, mode="dsd", steps=steps, seed=seed, layers=layers, token_mask=token_mask)
-    size = size or sc.size[0]
-    d = int(torch.tensor(sc.latent_shape).prod())
-    rng, allowed = random.Random(f"eval-{split}-{seed}"), split_allowed(split)
-    rows = []
-    for ex, (scene, cap) in enumerate(tqdm(sample_examples(split, n, seed, p_single=0.0), desc=f"{split} matching", disable=not progress)):
-        img = render(scene, size)
-        neg_caps = [(k, negative(cap, scene, k, rng)) for k in kinds]
-        neg_caps = [(k, c) for k, c in neg_caps if c is not None]
-        neg_imgs = [(k, negative_scene(cap, scene, k, rng, allowed)) for k in kinds]
-        neg_imgs = [(k, s) for k, s in neg_imgs if s is not None]
-        r_i2t = sc.score(img, [cap.text()] + [c.text() for _, c in neg_caps], details=True)
-        r_t2i = sc.score([img] + [render(s, size) for _, s in neg_imgs], cap.text(), details=True)
-        for mode in MODES:
-            s1 = mode_scores(r_i2t, mode, d)[0]
-            s2 = mode_scores(r_t2i, mode, d, itm_normalize=(mode == "diffusion_itm"))[:, 0]
-            for j, (k, _) in enumerate(neg_caps):
-                m = (s1[0] - s1[j + 1]).item()
-                rows.append(dict(example=ex, direction="i2t", kind=k, mode=mode, correct=m > 0, tie=m == 0, margin=m))
-            for j, (k, _) in enumerate(neg_imgs):
-                m = (s2[0] - s2[j + 1]).item()
-                rows.append(dict(example=ex, direction="t2i", kind=k, mode=mode, correct=m > 0, tie=m == 0, margin=m))
-    return pd.DataFrame(rows)
+    ex = scene_ranking_examples(split, n, seed, "both", kinds, size or sc.size[0], tag="eval")
+    df = evaluate_examples(sc, ex, modes=MODES, progress=progress).assign(example=lambda d: d.example // 2)  # 2 examples per scene
+    order = df["mode"].map(MODES.index) * 2 + (df.direction == "t2i")  # per scene: each mode's i2t rows, then its t2i rows
+    return df.assign(_o=order).sort_values(["example", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 def accuracy_table(df:pd.DataFrame)->pd.DataFrame:
     "Accuracy (ties count as failures) per direction, kind and mode, with counts and ties."
