@@ -5,7 +5,7 @@
 # %% ../nbs/04_scoring.ipynb #fa8bd5df
 from __future__ import annotations
 import numbers, warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
@@ -269,7 +269,7 @@ def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
 
 # %% ../nbs/04_scoring.ipynb #c38ce9bf
 @patch
-def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond)->tuple: # (lse means [R, L], squared errors [R])
+def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond, capture)->tuple: # (lse means [R, L], squared errors [R])
     "Send every row of `blocks` through the UNet in calls of at most `chunk_size` rows."
     rt = self._row_table(blocks)
     Z = blocks[0].latents if len(blocks) == 1 else torch.cat([b.latents for b in blocks])  # [sum I, Kz, C, h, w]: one latent per timestep or for all
@@ -280,7 +280,8 @@ def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond)->tuple: # 
     if len({b.latents.shape[1:] for b in blocks}) > 1: raise DSDInputError("blocks scored together need latents of one shape (one per timestep, or one for all)")
     atts, sqs, R = [], [], len(rt["slot"])
     bar = tqdm(total=R, desc="DSD scoring (UNet rows)", leave=False, disable=None if self.progress is None else not self.progress)
-    with torch.set_grad_enabled(grad), AttentionCapture(self.unet, self.layers, observers=self._observers) as cap:
+    cap_ctx = nullcontext(capture) if capture is not None else AttentionCapture(self.unet, self.layers, observers=self._observers)
+    with torch.set_grad_enabled(grad), cap_ctx as cap:
         for i in range(0, R, self.chunk_size):
             r = {k: v[i:i + self.chunk_size] for k, v in rt.items()}
             z, eps, t = Z[r["slot"].to(Z.device), r["kz"].to(Z.device)], N[r["noise"].to(N.device)], T[r["noise"].to(T.device)]
@@ -334,12 +335,16 @@ def _result(self:DSDScorer, blk:Block, terms:BlockTerms)->ScoreResult:
 def score_blocks(self:DSDScorer, blocks:list, # `Block`s (see `block`)
                  grad:bool=False, # keep the autograd graph (for training); default runs under no_grad
                  unet=None, # the UNet to call (e.g. accelerate's wrapped one); default the pipeline's
-                 text_grad:bool=False # encode the empty caption with the text encoder's graph (soft prompts)
+                 text_grad:bool=False, # encode the empty caption with the text encoder's graph (soft prompts)
+                 capture:AttentionCapture|None=None # an open capture of the scorer's layers, kept open by the caller over the
+                                                    # backward pass (needed with gradient checkpointing, which re-runs the layers)
                 )->list: # one `ScoreResult` per block
     "Score every block: all their rows packed into shared UNet calls; a block's scores do not depend on the others."
+    if capture is not None and [l.name for l in capture.layers] != [l.name for l in self.layers]:
+        raise DSDInputError("capture must watch the scorer's layers: AttentionCapture(scorer.unet, scorer.layers)")
     for o in self._observers: o.start(blocks, self)
     uncond = encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [""], grad=True).to(self.dtype) if text_grad else self.uncond_embedding()
-    att, sq = self._run_blocks(blocks, grad, unet, uncond)
+    att, sq = self._run_blocks(blocks, grad, unet, uncond, capture)
     out = [self._result(b, t) for b, t in zip(blocks, self._block_terms(blocks, att, sq))]
     for o in self._observers:
         for r in out: o.scored(r)
