@@ -137,7 +137,8 @@ class LSECaptureProcessor:
         if attention_mask is not None: logits = logits + attention_mask.float()
         km = None if rows is None else rows.key_mask  # [b, tokens] bool: the log-sum-exp counts these positions only
         if km is not None and tuple(km.shape) != (logits.shape[0], logits.shape[-1]):
-            raise DSDInputError(f"key_mask has shape {tuple(km.shape)}, but this call has {logits.shape[0]} rows of {logits.shape[-1]} tokens")
+            raise DSDInputError(f"key_mask has shape {tuple(km.shape)}, but this call has {logits.shape[0]} rows "
+                                f"of {logits.shape[-1]} tokens")
         lse = (logits if km is None else logits.masked_fill(~km.to(logits.device)[:, None, None, :], float("-inf"))).logsumexp(-1)
         probs = torch.softmax(logits, dim=-1) if self.wants_probs else None
         for o in self.observers: o.attention(self.layer, rows, lse, probs)
@@ -210,7 +211,8 @@ class AttentionCapture(AttentionObserver):
         for key, prev in self.unet.attn_processors.items():
             name = key[:-len(".processor")]
             if name in chosen:  # a layer another capture already watches keeps one processor with both observer lists
-                out[name] = LSECaptureProcessor(chosen[name], (prev.observers if isinstance(prev, LSECaptureProcessor) else []) + self.observers)
+                before = prev.observers if isinstance(prev, LSECaptureProcessor) else []
+                out[name] = LSECaptureProcessor(chosen[name], before + self.observers)
             elif not isinstance(prev, (LSECaptureProcessor, _PassRows)): out[name] = _PassRows(prev)
         return out
 

@@ -27,7 +27,8 @@ class RankingExample:
     def __post_init__(self):
         ni, nc = len(self.images), len(self.captions)
         if not ((ni == 1 and nc >= 2) or (nc == 1 and ni >= 2)):
-            raise DSDInputError(f"a ranking example needs 1 image and >= 2 captions, or 1 caption and >= 2 images; got {ni} images, {nc} captions")
+            raise DSDInputError(f"a ranking example needs 1 image and >= 2 captions, or 1 caption and >= 2 images; "
+                                f"got {ni} images, {nc} captions")
         if self.kinds and len(self.kinds) != self.n_candidates - 1:
             raise DSDInputError(f"kinds names {len(self.kinds)} negatives but the example has {self.n_candidates - 1}")
     @property
@@ -81,7 +82,8 @@ def example_blocks(scorer:DSDScorer, examples:list, # `RankingExample`s
     if generators is None or len(generators) != len(examples): raise DSDInputError("drawn blocks need one generator per example")
     caps = sorted({c for e in examples for c in e.captions})
     if cache is not None: fill_cache(scorer, examples, cache, captions=not text_grad)
-    means = [cache["image", id(e)] for e in examples] if cache is not None else scorer.encode_images([im for e in examples for im in e.images])[0].split([len(e.images) for e in examples])
+    if cache is not None: means = [cache["image", id(e)] for e in examples]
+    else: means = scorer.encode_images([im for e in examples for im in e.images])[0].split([len(e.images) for e in examples])
     E = scorer.encode_captions(caps, grad=True) if text_grad or cache is None else torch.stack([cache["caption", c] for c in caps])
     cidx, sf, out = {c: i for i, c in enumerate(caps)}, scorer.vae.config.scaling_factor, []
     for e, g, mean in zip(examples, generators, means):

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from diffusers.utils.torch_utils import randn_tensor
-from .core import DSDInputError, check, reference_timesteps, draw_noise, noise_scheduler, add_noise, epsilon_from_prediction, check_seed, MAX_SEED
+from .core import (DSDInputError, check, reference_timesteps, draw_noise, noise_scheduler, add_noise, epsilon_from_prediction,
+                         check_seed, MAX_SEED)
 from .inputs import images_to_tensor, check_captions, RESIZE_MODES
 from .attention import AttentionCapture, Rows, ROWS_KEY, select_layers
 from .tracing import AttentionTrace
@@ -74,7 +75,8 @@ def timestep_scores(mode:str, # "dsd", "attention" or "diffusion_itm"
                     latent_numel:int=1, # d, elements of one latent (C*h*w), for diffusion_itm's mean squared error
                     itm_normalize:bool=False # diffusion_itm: subtract the unconditional error
                    )->torch.Tensor: # [..., K] fp32 score at each timestep
-    "The DSD score of each timestep in any mode (method notes, sections 2.8 to 2.11); raises `DSDInputError` for an unknown mode or a missing empty-caption error."
+    """The DSD score of each timestep in any mode (method notes, sections 2.8 to 2.11).
+    Raises `DSDInputError` for an unknown mode or a missing empty-caption error."""
     check(mode, "mode", "choice", choices=MODES)
     if mode == "attention": return attention
     if sq_error_uncond is None and (mode == "dsd" or itm_normalize):
@@ -101,11 +103,12 @@ class DSDScorer:
                  offset:int=10, # grid offset (10 in the reference)
                  progress:bool|None=False, # tqdm progress bar over UNet rows: True, False, or None (only on a terminal)
                  background:tuple=(255, 255, 255), # composited under transparent pixels
-                 token_mask:str="all"): # attention LSE over "all" 77 positions (reference), the "real" tokens (start, words, end) or the "words" only
+                 token_mask:str="all"): # the LSE over "all" 77 positions (reference), the "real" tokens (start, words, end) or "words"
         check(token_mask, "token_mask", "choice", choices=TOKEN_MASKS); check(mode, "mode", "choice", choices=MODES)
         check(latent, "latent", "choice", choices=("mean", "sample")); check(resize, "resize", "choice", choices=RESIZE_MODES)
         chunk_size = check(chunk_size, "chunk_size", lo=1)
-        if reference_parity and token_mask != "all": raise DSDInputError("reference_parity reproduces the reference's LSE over all 77 positions: use token_mask='all'")
+        if reference_parity and token_mask != "all":
+            raise DSDInputError("reference_parity reproduces the reference's LSE over all 77 positions: use token_mask='all'")
         if not all(hasattr(pipe, a) for a in ("unet", "vae", "tokenizer", "text_encoder", "scheduler")):
             raise DSDInputError(f"DSDScorer needs a Stable Diffusion pipeline (see `load_pipeline`), got {type(pipe).__name__}")
         seed = check(seed, "seed", lo=0, hi=MAX_SEED - 1, msg=f"an integer from 0 to {MAX_SEED - 1} (seed + 1 seeds the latent samples)")
@@ -167,7 +170,8 @@ def encode_captions(self:DSDScorer, captions,
 
 @patch
 def uncond_embedding(self:DSDScorer)->torch.Tensor: # [1, L, D]
-    "The empty caption's embedding, computed once and again only when the text encoder's parameters change (a soft prompt attached, removed or trained)."
+    """The empty caption's embedding, computed once and again only when the text encoder's parameters change
+    (a soft prompt attached, removed or trained)."""
     te = self.pipe.text_encoder
     key = tuple((n, p.data_ptr(), p._version) for n, p in te.named_parameters())  # in-place updates bump `_version`
     if self._uncond is None or self._uncond_key != key:
@@ -192,7 +196,8 @@ def token_masks(self:DSDScorer, captions:list # M captions (already checked)
     counts = sorted({int(k) for k, c in zip(out.sum(1), captions) if c})
     if len(counts) > 1:
         warnings.warn(f"token_mask={self.token_mask!r} compares captions of different token counts ({counts[0]} to {counts[-1]}): "
-                      "the attention term grows with the count, so longer captions gain; use token_mask='all' or captions of equal length", stacklevel=4)  # token_masks <- block <- score <- you
+                      "the attention term grows with the count, so longer captions gain; use token_mask='all' or captions of equal length",
+                      stacklevel=4)  # token_masks <- block <- score <- you
     return out
 
 # %% ../nbs/04_scoring.ipynb #c08cc57f
@@ -200,7 +205,8 @@ def token_masks(self:DSDScorer, captions:list # M captions (already checked)
 def clean_latents(self:DSDScorer, mean:torch.Tensor, std:torch.Tensor, # [S, C, h, w] posterior mean and std (`encode_images`)
                   parity_batch:int|None=None # reference parity: the images form one reference batch of this size
                  )->torch.Tensor: # [S, K or 1, C, h, w] fp32, VAE-scaled
-    "The clean latent z_0 of each image, VAE-scaled: one per image (the mean, or one seeded sample), or one per timestep in reference parity."
+    """The clean latent z_0 of each image, VAE-scaled: one per image (the mean, or one seeded sample),
+    or one per timestep in reference parity."""
     sf = self.vae.config.scaling_factor
     if self.reference_parity:
         B = parity_batch or 1
@@ -226,7 +232,9 @@ class Block:
     captions: list = field(default_factory=list) # the caption texts (for observers)
     images: object = None # the images as given (for observers)
     @property
-    def pair_list(self)->list: return self.pairs if self.pairs is not None else [(i, m) for i in range(len(self.latents)) for m in range(len(self.context))]
+    def pair_list(self)->list:
+        "The (image, caption) pairs scored: `pairs`, or every image with every caption."
+        return self.pairs if self.pairs is not None else [(i, m) for i in range(len(self.latents)) for m in range(len(self.context))]
 
 @dataclass
 class BlockTerms:
@@ -248,7 +256,8 @@ def block(self:DSDScorer, images, # one image or a list (paths, PIL, bytes, [0, 
     captions = check_captions(captions)
     E = self.encode_captions(captions, grad=text_grad)
     mean, std = self.encode_images(images)
-    return Block(self.clean_latents(mean, std, parity_batch), E, self.timesteps, self.noise, self.token_masks(captions), pairs, captions, images)
+    return Block(self.clean_latents(mean, std, parity_batch), E, self.timesteps, self.noise, self.token_masks(captions), pairs,
+                 captions, images)
 
 @patch
 def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
@@ -272,12 +281,13 @@ def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
 def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond, capture)->tuple: # (lse means [R, L], squared errors [R])
     "Send every row of `blocks` through the UNet in calls of at most `chunk_size` rows."
     rt = self._row_table(blocks)
-    Z = blocks[0].latents if len(blocks) == 1 else torch.cat([b.latents for b in blocks])  # [sum I, Kz, C, h, w]: one latent per timestep or for all
+    Z = blocks[0].latents if len(blocks) == 1 else torch.cat([b.latents for b in blocks])  # [sum I, Kz, C, h, w] (Kz: K or 1)
     N = torch.cat([b.noise.to(self.device) for b in blocks])                       # [sum K, C, h, w]
     T = torch.cat([b.timesteps for b in blocks]).to(self.device)                   # [sum K]
     C = torch.cat([uncond] + [b.context for b in blocks])                          # [1 + sum M, L, D]
     KM = None if self.token_mask == "all" else torch.cat([self.token_masks([""])] + [b.key_masks for b in blocks])
-    if len({b.latents.shape[1:] for b in blocks}) > 1: raise DSDInputError("blocks scored together need latents of one shape (one per timestep, or one for all)")
+    if len({b.latents.shape[1:] for b in blocks}) > 1:
+        raise DSDInputError("blocks scored together need latents of one shape (one per timestep, or one for all)")
     atts, sqs, R = [], [], len(rt["slot"])
     bar = tqdm(total=R, desc="DSD scoring (UNet rows)", leave=False, disable=None if self.progress is None else not self.progress)
     cap_ctx = nullcontext(capture) if capture is not None else AttentionCapture(self.unet, self.layers, observers=self._observers)
@@ -303,7 +313,8 @@ def _block_terms(self:DSDScorer, blocks:list, att:torch.Tensor, sq:torch.Tensor)
     for blk in blocks:
         K, P, Iu = len(blk.timesteps), len(blk.pair_list), len(blk.latents) if self.needs_uncond else 0
         a, q = att[r0:r0 + K * (Iu + P)].view(K, Iu + P, -1), sq[r0:r0 + K * (Iu + P)].view(K, Iu + P)
-        out.append(BlockTerms(a[:, Iu:].transpose(0, 1), q[:, Iu:].T, a[:, :Iu].transpose(0, 1) if Iu else None, q[:, :Iu].T if Iu else None))
+        u = (a[:, :Iu].transpose(0, 1), q[:, :Iu].T) if Iu else (None, None)
+        out.append(BlockTerms(a[:, Iu:].transpose(0, 1), q[:, Iu:].T, *u))
         r0 += K * (Iu + P)
     return out
 
@@ -343,7 +354,8 @@ def score_blocks(self:DSDScorer, blocks:list, # `Block`s (see `block`)
     if capture is not None and [l.name for l in capture.layers] != [l.name for l in self.layers]:
         raise DSDInputError("capture must watch the scorer's layers: AttentionCapture(scorer.unet, scorer.layers)")
     for o in self._observers: o.start(blocks, self)
-    uncond = encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [""], grad=True).to(self.dtype) if text_grad else self.uncond_embedding()
+    if text_grad: uncond = encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [""], grad=True).to(self.dtype)
+    else: uncond = self.uncond_embedding()
     att, sq = self._run_blocks(blocks, grad, unet, uncond, capture)
     out = [self._result(b, t) for b, t in zip(blocks, self._block_terms(blocks, att, sq))]
     for o in self._observers:

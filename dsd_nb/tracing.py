@@ -140,7 +140,8 @@ def start(self:AttentionTrace, blocks:list, scorer):
     if self.probs: raise DSDInputError("this trace already holds a scoring call: open a new `scorer.trace()` for the next one")
     if scorer.reference_parity: raise DSDInputError("a trace needs a per-sample scorer: create the DSDScorer with reference_parity=False")
     n = sum(len(b.latents) for b in blocks)
-    if n != 1: raise DSDInputError(f"a trace keeps the maps of one image against its captions; this call scores {n} images: trace them one by one")
+    if n != 1: raise DSDInputError(f"a trace keeps the maps of one image against its captions; this call scores {n} images: "
+                                   "trace them one by one")
     blk, tok = blocks[0], scorer.pipe.tokenizer
     L = tok.model_max_length
     n_keep = min(max(len(tok(c, truncation=True, max_length=L).input_ids) for c in blk.captions), L - 1)  # >= 1 pooled rest slot

@@ -138,7 +138,8 @@ def plot_contributions(trace:AttentionTrace, positive:int=0, # index of the true
     ax[2].set_title("true minus negative, by part", fontsize=9)
     fig.legend(*ax[0].get_legend_handles_labels(), loc="outside lower center", fontsize=7, ncol=min(M, 3))
     won = all(trace.scores[p] > trace.scores[j] for j in negs)
-    fig.suptitle(f"the true caption {'wins' if won else 'does not win'}: where the margin comes from (mode {trace.result.mode})", fontsize=10)
+    fig.suptitle(f"the true caption {'wins' if won else 'does not win'}: where the margin comes from (mode {trace.result.mode})",
+                 fontsize=10)
     return fig
 
 # %% ../nbs/10_visualize.ipynb #e98e4a13
@@ -152,7 +153,8 @@ def plot_score_distribution(pos, # scores of true pairs: 1-d array-like
     if not len(pos) or not len(neg): raise DSDInputError("plot_score_distribution needs at least one positive and one negative score")
     if kinds is not None and len(kinds) != len(neg): raise DSDInputError(f"kinds has {len(kinds)} entries but neg has {len(neg)}")
     df = pd.DataFrame(dict(score=np.concatenate([pos, neg]),
-                           pair=["positive"] * len(pos) + (["negative: " + str(k) for k in kinds] if kinds is not None else ["negative"] * len(neg))))
+                           pair=["positive"] * len(pos) + (["negative: " + str(k) for k in kinds] if kinds is not None
+                                                           else ["negative"] * len(neg))))
     fig, ax = _fig(1, 1, size)
     sns.histplot(df, x="score", hue="pair", element="step", stat="density", common_norm=False, ax=ax[0, 0])
     ax[0, 0].set_title(f"scores: {len(pos)} positives, {len(neg)} negatives", fontsize=9)
@@ -196,7 +198,8 @@ def word_on_object(trace:AttentionTrace, scene, # the `dsd_nb.scenes.Scene` the 
 # %% ../nbs/10_visualize.ipynb #5c1abc2c
 def _ranking_html(trace):
     order = sorted(range(len(trace.captions)), key=lambda j: -float(trace.scores[j]))
-    rows = "".join(f"<tr><td>{r + 1}</td><td>{float(trace.scores[j]):.4f}</td><td>{trace.captions[j]}</td></tr>" for r, j in enumerate(order))
+    rows = "".join(f"<tr><td>{r + 1}</td><td>{float(trace.scores[j]):.4f}</td><td>{trace.captions[j]}</td></tr>"
+                   for r, j in enumerate(order))
     return f"<table><tr><th>rank</th><th>score</th><th>caption</th></tr>{rows}</table>"
 
 class Explorer:
@@ -205,11 +208,14 @@ class Explorer:
         import ipywidgets as W
         self.trace, self.dpi, self.renders, self._quiet = trace, dpi, 0, False
         order = sorted(range(len(trace.captions)), key=lambda j: -float(trace.scores[j]))
-        self.caption = W.Dropdown(options=[(f"{float(trace.scores[j]):.3f}  {trace.captions[j]}", j) for j in order], value=order[0], description="caption")
+        self.caption = W.Dropdown(options=[(f"{float(trace.scores[j]):.3f}  {trace.captions[j]}", j) for j in order], value=order[0],
+                                  description="caption")
         self.word = W.Dropdown(description="word")
-        self.layer = W.Dropdown(options=[("all", "all")] + [(f"{l.short} ({trace.grid(l)[0]}x{trace.grid(l)[1]})", l.short) for l in _order(trace.layers)],
+        layer_names = [(f"{l.short} ({trace.grid(l)[0]}x{trace.grid(l)[1]})", l.short) for l in _order(trace.layers)]
+        self.layer = W.Dropdown(options=[("all", "all")] + layer_names,
                                 value="all", description="layer")
-        self.timestep = W.Dropdown(options=[("mean", "mean")] + [(str(t), t) for t in trace.timesteps], value="mean", description="timestep")
+        self.timestep = W.Dropdown(options=[("mean", "mean")] + [(str(t), t) for t in trace.timesteps], value="mean",
+                                   description="timestep")
         self.head = W.Dropdown(options=self._head_options("all"), value="mean", description="head")
         self.alpha = W.FloatSlider(value=0.6, min=0.0, max=1.0, step=0.05, description="opacity")
         self.ranking = W.HTML(_ranking_html(trace))
