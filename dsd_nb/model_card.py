@@ -104,6 +104,8 @@ def generation_check(pipe, # a StableDiffusionPipeline of the scene world
                          image=im))
     return pd.DataFrame(rows)
 
+
+# %% ../nbs/09_model_card.ipynb #575086e6
 def sample_grid(images, cols:int=10, scale:int=2, pad:int=2)->PIL.Image.Image:
     "Images (equal sizes) as one grid, each enlarged `scale` times (nearest neighbour), separated by white `pad` pixels."
     images = list(images)

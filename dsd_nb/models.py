@@ -190,6 +190,8 @@ def cache_dir()->Path:
     "Where dsd_nb caches built-in models: `$DSD_NB_CACHE`, else `~/.cache/dsd_nb`."
     return Path(os.environ.get("DSD_NB_CACHE", Path.home() / ".cache" / "dsd_nb")).expanduser()
 
+
+# %% ../nbs/02_models.ipynb #070ac391
 def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
                       )->Path:
     "The folder of a built-in model: shipped inside the package, or built and saved on first use."
@@ -213,6 +215,8 @@ def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
                 raise DSDInputError(f"could not put the built-in model {name!r} in place at {folder}: check that folder")
     return folder
 
+
+# %% ../nbs/02_models.ipynb #7fcad546
 def _clear_leftovers(folder:Path):
     """Remove what a killed build of `folder` left: `folder` itself when it is no model (a folder without model_index.json,
     a file), moved aside under a name of this process first (one process wins); and the half-made builds (`.<name>.build.<pid>`)

@@ -338,6 +338,8 @@ def _template(shape, cx, cy, r, H, W):
     draw_shape(PIL.ImageDraw.Draw(im), shape, cx * 4, cy * 4, r * 4, 255)
     return np.asarray(im.resize((W, H), PIL.Image.BILINEAR)) > 127
 
+
+# %% ../nbs/06_scenes.ipynb #7d5bbcbe
 def detect(image, # a PIL image (or path) of this world
            min_area:int=6 # components smaller than this (pixels) are ignored
           )->list: # list of `Detection`, largest first

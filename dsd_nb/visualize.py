@@ -48,6 +48,8 @@ def _layer_label(trace, layer):
 
 def _t_label(timestep): return "mean over t" if timestep == "mean" else f"t={timestep}"
 
+
+# %% ../nbs/10_visualize.ipynb #efa1513e
 def plot_word_maps(trace:AttentionTrace, caption=0, layer="all", timestep="mean", head="mean",
                    words=None, # word indices or texts; None: every word of the caption
                    alpha:float=0.6, # heat-map opacity over the image (0..1)
