@@ -397,6 +397,8 @@ def _scene_format(out, captions_out)->str:
             raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
     return fmt
 
+
+# %% ../nbs/06_scenes.ipynb #f5547761
 def write_scene_example(out:str="scene.png", # the image file; its extension (one of `IMAGE_SUFFIXES`) picks the format
                         split:str="test", index:int=0, seed:int=0, # which example (see `scene_example`)
                         size:int=64, # image side in pixels
