@@ -53,7 +53,7 @@ def check(value, # the value to check
     return int(value) if kind == "int" else value
 
 # %% ../nbs/00_core.ipynb #fde99640
-def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", "mps", a `torch.device`
+def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", "mps", a device
                   )->torch.device:
     "Turn a device name into a `torch.device`; raises `DSDInputError` for unknown or unavailable devices."
     if device is None or str(device) == "auto":

@@ -84,7 +84,8 @@ def _tensor_images(x:torch.Tensor, size, resize):
     given = tuple(x.shape)
     if x.ndim == 3: x = x[None]
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise DSDInputError(f"image tensors must be [C, H, W] or [N, C, H, W] with C = 3 (RGB) or 1 (gray), channels first; got shape {given}")
+        raise DSDInputError(f"image tensors must be [C, H, W] or [N, C, H, W] with C = 3 (RGB) or 1 (gray), channels first; "
+                            f"got shape {given}")
     if x.shape[0] == 0: raise DSDInputError("no images given (the image tensor is empty)")
     if x.dtype == torch.uint8: x = x.float() / 255
     elif not x.is_floating_point(): raise DSDInputError(f"image tensors must be float in [0, 1] or uint8; got {x.dtype}")
@@ -94,7 +95,8 @@ def _tensor_images(x:torch.Tensor, size, resize):
         raise DSDInputError(f"float image tensors must hold values in [0, 1]; got [{x.min().item():.3g}, {x.max().item():.3g}]"
                             " (if yours are in [-1, 1], pass (x + 1) / 2)")
     if min(x.shape[-2:]) < MIN_IMAGE_SIDE:
-        raise DSDInputError(f"the image tensor is {x.shape[-1]}x{x.shape[-2]} pixels (width x height): images need at least {MIN_IMAGE_SIDE} pixels on each side")
+        raise DSDInputError(f"the image tensor is {x.shape[-1]}x{x.shape[-2]} pixels (width x height): "
+                            f"images need at least {MIN_IMAGE_SIDE} pixels on each side")
     if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
     H, W = size
     if tuple(x.shape[-2:]) != (H, W):

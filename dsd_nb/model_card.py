@@ -79,7 +79,8 @@ def generation_check(pipe, # a StableDiffusionPipeline of the scene world
                      split:str="test", # a split of the scene world; "compgen" gives held-out colour-shape pairs
                      steps:int=30, # denoising steps of the pipeline's scheduler
                      guidance:float=4.0, # classifier-free guidance scale
-                     batch:int=20)->pd.DataFrame: # columns caption, colour, shape, size, found, colour_found, shape_found, size_found, image
+                     batch:int=20 # images per pipeline call
+                    )->pd.DataFrame: # caption, colour, shape, size, found, colour_found, shape_found, size_found, image
     "Generate one image per single-object caption of `split` and check it with the scene detector."
     if split not in SPLITS: raise DSDInputError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
     if not isinstance(n, int) or n < 1: raise DSDInputError(f"n must be a positive integer, got {n!r}")
@@ -103,6 +104,8 @@ def generation_check(pipe, # a StableDiffusionPipeline of the scene world
                          image=im))
     return pd.DataFrame(rows)
 
+
+# %% ../nbs/09_model_card.ipynb #575086e6
 def sample_grid(images, cols:int=10, scale:int=2, pad:int=2)->PIL.Image.Image:
     "Images (equal sizes) as one grid, each enlarged `scale` times (nearest neighbour), separated by white `pad` pixels."
     images = list(images)
@@ -126,9 +129,10 @@ def grounding_check(pipe, # a StableDiffusionPipeline of the scene world
                     n:int=50, # two-object scenes (their true captions)
                     split:str="test", steps:int=10, # DSD timestep grid (`reference_timesteps`)
                     seed:int=0)->pd.DataFrame: # one row per object word: scene, word, object, share_own, share_other, on_object
-    """Per object word: the share of its cross-attention mass inside its own object's mask and the other's (heads, layers, timesteps averaged),
-    read with the DSD scorer's latents and noise bank on its timestep grid.
-    `on_object` compares densities (share / the object's area), so a small object can win with a smaller share. Raises `DSDInputError` for n < 1."""
+    """Per object word: the share of its cross-attention mass inside its own object's mask and the other's
+    (heads, layers, timesteps averaged), read with the DSD scorer's latents and noise bank on its timestep grid.
+    `on_object` compares densities (share / the object's area), so a small object can win with a smaller share.
+    Raises `DSDInputError` for n < 1."""
     n = check(n, "n", lo=1, msg="a positive whole number of scenes")
     from dsd_nb.scene_sd import object_masks, word_owners, mask_shares
     from dsd_nb.scoring import DSDScorer
@@ -166,15 +170,12 @@ def _intro(name:str, recipe:dict)->str:
             (" without keeping the attention log-sum-exp: its maps localise the most, and its DSD matching loses on wrong "
              "subjects and objects (see *Limits*). " if not lse else ". "))
 
-def model_card_markdown(recipe:dict, metrics:dict, params:dict, size_mb:float, name:str="scene-sd")->str:
-    "The text of MODEL_CARD.md of the built-in model `name` from its training recipe, measured metrics and parameter counts."
-    lt = loss_table(recipe)
-    g_ = lt.groupby("stage", sort=False)
-    mins, last = g_.seconds.sum() / 60, g_.loss.last()
-    pace = g_.apply(lambda d: d.seconds.median() / 25 * d.step.max() / 60, include_groups=False)  # log_every = 25 steps
+
+# %% ../nbs/09_model_card.ipynb #1f254387
+def _card_head(name:str, recipe:dict, params:dict, size_mb:float)->list:
+    "The card's title, opening, data and architecture sections, as lines of markdown."
     arch = recipe.get("architecture", {})
-    g = metrics["generation"]
-    lines = [
+    return [
         f"# {name}: a tiny Stable Diffusion of the scene world", "",
         _intro(name, recipe) + "Components exactly as in Stable Diffusion (`AutoencoderKL`, `CLIPTextModel` + "
         "`CLIPTokenizer`, `UNet2DConditionModel` with cross-attention, DDIM scheduler over a scaled-linear DDPM "
@@ -188,43 +189,73 @@ def model_card_markdown(recipe:dict, metrics:dict, params:dict, size_mb:float, n
         "## Architecture and size", "",
         "| component | parameters |", "|---|---|",
         *[f"| {k} | {v:,} |" for k, v in params.items()], "",
-        f"Latents: 4 x 16 x 16 (VAE factor 4). Settings: `{json.dumps(arch)}`. On disk: {size_mb:.1f} MB (fp32 safetensors).", "",
+        f"Latents: 4 x 16 x 16 (VAE factor 4). Settings: `{json.dumps(arch)}`. On disk: {size_mb:.1f} MB (fp32 safetensors).", ""]
+
+
+# %% ../nbs/09_model_card.ipynb #08a6d12a
+def _recipe_command(recipe:dict)->str:
+    "The `dsd-train-scene-sd` command line that reproduces `recipe`."
+    ground = recipe.get("ground_steps")
+    return (f"dsd-train-scene-sd --seed {recipe.get('seed')} --vae_steps {recipe.get('vae_steps')} "
+            f"--unet_steps {recipe.get('unet_steps')} --pool_size {recipe.get('pool_size')}"
+            + (f" --ground_steps {recipe['ground_steps']} --ground_weight {recipe.get('ground_weight')}" if ground
+               else " --ground_steps 0")
+            + (f" --ground_lse_weight {recipe['ground_lse_weight']}" if ground and recipe.get("ground_lse_weight") else ""))
+
+
+# %% ../nbs/09_model_card.ipynb #f050c038
+def _stage3_text(recipe:dict)->str:
+    "The paragraph on the grounding stage (stage 3) of `recipe`."
+    return (f"Stage 3 (grounding) continues from stage 2's averaged weights for {recipe['ground_steps']} steps (batch "
+            f"{recipe.get('ground_batch')}, learning rate {recipe.get('ground_lr')}, "
+            f"{'UNet and text encoder' if recipe.get('ground_text_encoder', True) else 'UNet only, the text encoder frozen'}) "
+            f"with the epsilon MSE plus {recipe.get('ground_weight')} x a TokenCompose-style grounding loss on every "
+            "cross-attention layer: for each size, colour and shape word of a caption, (1 - the share of its attention "
+            "mass inside its object's mask)^2"
+            + (f", plus {recipe['ground_lse_weight']} x the squared gap between each cross-attention layer's attention "
+               "log-sum-exp (DSD's attention term) and that of the frozen stage-2 model on the same input"
+               if recipe.get("ground_lse_weight") else "")
+            + ". It makes the cross-attention maps point at the objects their words name (see below).")
+
+def _card_training(recipe:dict)->list:
+    "The card's training section: the command, its settings, stage 3 and the table of stages and losses."
+    lt = loss_table(recipe)
+    g_ = lt.groupby("stage", sort=False)
+    mins, last = g_.seconds.sum() / 60, g_.loss.last()
+    pace = g_.apply(lambda d: d.seconds.median() / 25 * d.step.max() / 60, include_groups=False)  # log_every = 25 steps
+    return [
         "## Training", "",
-        f"Recipe `dsd-train-scene-sd --seed {recipe.get('seed')} --vae_steps {recipe.get('vae_steps')} "
-        f"--unet_steps {recipe.get('unet_steps')} --pool_size {recipe.get('pool_size')}"
-        + (f" --ground_steps {recipe['ground_steps']} --ground_weight {recipe.get('ground_weight')}" if recipe.get("ground_steps") else " --ground_steps 0")
-        + (f" --ground_lse_weight {recipe['ground_lse_weight']}" if recipe.get("ground_steps") and recipe.get("ground_lse_weight") else "")
-        + "` "
+        f"Recipe `{_recipe_command(recipe)}` "
         f"(VAE batch {recipe.get('vae_batch')}; UNet batch {recipe.get('unet_batch')}, learning rate {recipe.get('unet_lr')}, "
         "posterior-mean latents, 10% empty captions, EMA weights shipped), torch "
         f"{recipe.get('torch')}, CPU.", "",
-        *([f"Stage 3 (grounding) continues from stage 2's averaged weights for {recipe['ground_steps']} steps (batch "
-           f"{recipe.get('ground_batch')}, learning rate {recipe.get('ground_lr')}, "
-           f"{'UNet and text encoder' if recipe.get('ground_text_encoder', True) else 'UNet only, the text encoder frozen'}) "
-           f"with the epsilon MSE plus {recipe.get('ground_weight')} x a TokenCompose-style grounding loss on every "
-           "cross-attention layer: for each size, colour and shape word of a caption, (1 - the share of its attention "
-           "mass inside its object's mask)^2"
-           + (f", plus {recipe['ground_lse_weight']} x the squared gap between each cross-attention layer's attention log-sum-exp "
-              "(DSD's attention term) and that of the frozen stage-2 model on the same input" if recipe.get("ground_lse_weight") else "")
-           + ". It makes the cross-attention maps point at the objects their words name (see below).", ""]
-          if recipe.get("ground_steps") else []),
+        *([_stage3_text(recipe), ""] if recipe.get("ground_steps") else []),
         "| stage | steps | logged minutes | minutes at the median pace | final logged loss |", "|---|---|---|---|---|",
         *[f"| {s} | {int(lt[lt.stage == s].step.max())} | {mins[s]:.1f} | {pace[s]:.1f} | {last[s]:.4f} |" for s in mins.index], "",
         "Logged minutes add up the wall time of every 25 logged steps, including stretches when the 2-core CPU was shared "
         "with other jobs; the median pace (the median time of 25 steps, times the steps) is the time on a quiet machine. "
         "Encoding the latent pool for stage 2 adds about 2 minutes.", "",
-        "![loss curves](loss_curve.png)", "",
-        "## Generation", "",
-        f"Single-object captions, {g['steps']} DDIM steps, guidance {g['guidance']}; the scene detector looks for the "
-        "requested colour and shape in each generated image.", "",
-        "| split | captions | colour and shape found | colour found | shape found |", "|---|---|---|---|---|",
-        *[f"| {r['split']} | {r['n']} | {_pct(r['found'])} | {_pct(r['colour_found'])} | {_pct(r['shape_found'])} |" for r in g["rows"]], "",
-        "![generated samples](samples.png)", "",
-        "## Zero-shot matching", "",
-        f"One image against its true caption and one hard negative of each kind (i2t), and one caption against its "
-        f"image and one negative image of each kind (t2i); {metrics['matching_steps']} timesteps, seed 0, reference "
-        "layers; accuracy with ties counted as failures; chance is 50%.", "",
-    ]
+        "![loss curves](loss_curve.png)", ""]
+
+
+# %% ../nbs/09_model_card.ipynb #f31b7eb6
+def _card_generation(metrics:dict)->list:
+    "The card's generation section: how often the detector finds what each caption asked for, per split."
+    g = metrics["generation"]
+    return ["## Generation", "",
+            f"Single-object captions, {g['steps']} DDIM steps, guidance {g['guidance']}; the scene detector looks for the "
+            "requested colour and shape in each generated image.", "",
+            "| split | captions | colour and shape found | colour found | shape found |", "|---|---|---|---|---|",
+            *[f"| {r['split']} | {r['n']} | {_pct(r['found'])} | {_pct(r['colour_found'])} | {_pct(r['shape_found'])} |"
+              for r in g["rows"]], "",
+            "![generated samples](samples.png)", ""]
+
+def _card_matching(metrics:dict)->list:
+    "The card's zero-shot matching section: one accuracy table (direction x kind, a column per mode) per split."
+    lines = ["## Zero-shot matching", "",
+             f"One image against its true caption and one hard negative of each kind (i2t), and one caption against its "
+             f"image and one negative image of each kind (t2i); {metrics['matching_steps']} timesteps, seed 0, reference "
+             "layers; accuracy with ties counted as failures; chance is 50%.", ""]
     m = pd.DataFrame(metrics["matching"])
     for split in m.split.unique():
         w = m[m.split == split].pivot_table(index=["direction", "kind"], columns="mode", values="accuracy")
@@ -232,19 +263,30 @@ def model_card_markdown(recipe:dict, metrics:dict, params:dict, size_mb:float, n
         lines += [f"**{split}** ({n} examples per kind and direction)", "", "| direction | kind | " + " | ".join(w.columns) + " |",
                   "|---|---|" + "---|" * len(w.columns),
                   *[f"| {d} | {k} | " + " | ".join(_pct(v) for v in row) + " |" for (d, k), row in zip(w.index, w.values)], ""]
-    if "grounding" in metrics:
-        gr = metrics["grounding"]
-        lines += ["## Where the words look", "",
-                  f"For the true captions of {gr['scenes']} two-object {gr['split']} scenes, each size, colour and shape word's "
-                  f"cross-attention (heads, all {gr['layers']} cross-attention layers and the {gr['steps']}-timestep grid "
-                  "averaged) is compared between the two objects' masks: the word is on its object when its attention "
-                  "density (mass per pixel) is higher inside the object it names than inside the other one.", "",
-                  "| words | on their object | mean share of mass inside their object | inside the other object |", "|---|---|---|---|",
-                  f"| {gr['words']} | {_pct(gr['on_object'])} | {_pct(gr['share_own'])} | {_pct(gr['share_other'])} |", ""]
-    lines += ["## Limits", "",
-              "This model knows only its world: real photos are out of its domain and their scores mean little. "
-              "Relations and attribute binding (the `relation`, `attribute_swap` and `order` negatives) are much "
-              "harder for it than colours and shapes, as they are for large text-to-image models.", ""]
+    return lines
+
+
+# %% ../nbs/09_model_card.ipynb #11399862
+def _card_grounding(metrics:dict)->list:
+    "The card's section on where the words look (none without grounding metrics)."
+    if "grounding" not in metrics: return []
+    gr = metrics["grounding"]
+    return ["## Where the words look", "",
+            f"For the true captions of {gr['scenes']} two-object {gr['split']} scenes, each size, colour and shape word's "
+            f"cross-attention (heads, all {gr['layers']} cross-attention layers and the {gr['steps']}-timestep grid "
+            "averaged) is compared between the two objects' masks: the word is on its object when its attention "
+            "density (mass per pixel) is higher inside the object it names than inside the other one.", "",
+            "| words | on their object | mean share of mass inside their object | inside the other object |", "|---|---|---|---|",
+            f"| {gr['words']} | {_pct(gr['on_object'])} | {_pct(gr['share_own'])} | {_pct(gr['share_other'])} |", ""]
+
+
+# %% ../nbs/09_model_card.ipynb #5b66c019
+def _card_limits(recipe:dict, metrics:dict)->list:
+    "The card's limits section, with a paragraph on the maps or on grounding where they apply."
+    lines = ["## Limits", "",
+             "This model knows only its world: real photos are out of its domain and their scores mean little. "
+             "Relations and attribute binding (the `relation`, `attribute_swap` and `order` negatives) are much "
+             "harder for it than colours and shapes, as they are for large text-to-image models.", ""]
     if "grounding" in metrics and metrics["grounding"]["on_object"] < 0.6:
         lines[-1:-1] = ["", "Its cross-attention maps do not say where a word's object is (see *Where the words look*: about "
                         "chance), so DSD's attention term rewards a caption for how much attention it draws, not where; the "
@@ -261,8 +303,17 @@ def model_card_markdown(recipe:dict, metrics:dict, params:dict, size_mb:float, n
                         "It is not worse everywhere (compare kind by kind: grounding can help relations and attribute binding), "
                         "but for telling a wrong subject or object, the easy kinds, use `scene-sd`, whose stage 3 keeps "
                         "the attention log-sum-exp at stage 2's and so keeps that accuracy while its maps localise."]
-    return "\n".join(lines)
+    return lines
 
+
+# %% ../nbs/09_model_card.ipynb #77bc588e
+def model_card_markdown(recipe:dict, metrics:dict, params:dict, size_mb:float, name:str="scene-sd")->str:
+    "The text of MODEL_CARD.md of the built-in model `name` from its training recipe, measured metrics and parameter counts."
+    return "\n".join(_card_head(name, recipe, params, size_mb) + _card_training(recipe) + _card_generation(metrics)
+                     + _card_matching(metrics) + _card_grounding(metrics) + _card_limits(recipe, metrics))
+
+
+# %% ../nbs/09_model_card.ipynb #59df1c1f
 def write_model_card(dest, # the model folder (has `recipe.json`)
                      pipe, metrics:dict, samples:PIL.Image.Image|None=None)->Path:
     "Write MODEL_CARD.md, metrics.json, loss_curve.png (and samples.png) into `dest`, atomically; returns the card's path."
@@ -273,7 +324,8 @@ def write_model_card(dest, # the model folder (has `recipe.json`)
     if samples is not None:
         buf = io.BytesIO(); samples.save(buf, format="PNG"); write_atomic(dest / "samples.png", buf.getvalue())
     write_atomic(dest / "metrics.json", json.dumps(metrics, indent=1).encode())
-    size = folder_mb(dest) - sum((dest / f).stat().st_size for f in ("loss_curve.png", "samples.png", "metrics.json") if (dest / f).exists()) / 1e6
+    ours = [dest / f for f in ("loss_curve.png", "samples.png", "metrics.json")]
+    size = folder_mb(dest) - sum(f.stat().st_size for f in ours if f.exists()) / 1e6
     md = model_card_markdown(recipe, metrics, parameter_counts(pipe), size, name=dest.name)
     write_atomic(dest / "MODEL_CARD.md", md.encode())
     return dest / "MODEL_CARD.md"
@@ -293,7 +345,8 @@ def card_metrics(pipe, # a StableDiffusionPipeline of the scene world
     rows = [dict(split=s, n=len(d), found=float(d.found.mean()), colour_found=float(d.colour_found.mean()),
                  shape_found=float(d.shape_found.mean())) for s, d in gen.items()]
     ims = [im for d, k in zip(gen.values(), (20, 10)) for im in list(d.image[:k])]
-    match = pd.concat([accuracy_table(scene_matching(pipe, split, n=n, steps=steps, progress=False)).assign(split=split) for split, n in match_n])
+    match = pd.concat([accuracy_table(scene_matching(pipe, split, n=n, steps=steps, progress=False)).assign(split=split)
+                       for split, n in match_n])
     g = grounding_check(pipe, n=ground_n, split="test", steps=steps)
     ground = dict(split="test", scenes=ground_n, steps=steps, layers=len(select_layers(pipe.unet, "all_cross")), words=len(g),
                   on_object=float(g.on_object.mean()), share_own=float(g.share_own.mean()), share_other=float(g.share_other.mean()))

@@ -11,7 +11,8 @@ import torch
 from transformers import CLIPTokenizer, CLIPTextConfig, CLIPTextModel
 import logging as _logging
 _tl = _logging.getLogger("transformers.utils.import_utils"); _tl_level = _tl.level
-_tl.setLevel(_logging.ERROR)  # hide transformers' note that torchvision is absent (its PIL image processors are used; we process no images with them)
+# hide transformers' note that torchvision is absent (its PIL image processors are used; we process no images with them)
+_tl.setLevel(_logging.ERROR)
 try: from diffusers import AutoencoderKL, UNet2DConditionModel, PNDMScheduler, StableDiffusionPipeline
 finally: _tl.setLevel(_tl_level)
 from .core import DSDInputError, resolve_device, resolve_dtype
@@ -135,8 +136,9 @@ def sd21_shaped_pipeline(seed:int=0, # seed for all random weights
     if full:
         with _fork_seed(seed):
             vae = AutoencoderKL(**SD21_VAE_CONFIG, sample_size=resolution)
-            te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
-                                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SD21_TEXT_CONFIG))
+            te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), max_position_embeddings=tok.model_max_length,
+                                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                              pad_token_id=tok.pad_token_id, **SD21_TEXT_CONFIG))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok,
                                    unet=sd21_unet(seed=seed, sample_size=resolution // 8), scheduler=small.scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -178,7 +180,8 @@ BUILTIN_MODELS = {
     "scene-sd": dict(package_path="assets/scene-sd",
                      about="tiny Stable Diffusion trained on the scene world, word maps grounded (64 px; the default; see its model card)"),
     "scene-sd-stage2": dict(package_path="assets/scene-sd-stage2",
-                            about="scene-sd's recipe without stage 3: matches as well, but its word maps do not localise (see its model card)"),
+                            about="scene-sd's recipe without stage 3: matches as well, "
+                                  "but its word maps do not localise (see its model card)"),
     "tiny-random": dict(builder=tiny_pipeline, kwargs=dict(seed=0), version=2, # bump when the builder changes
                         about="tiny Stable Diffusion with random weights (tests; its scores mean nothing)")}
 DEFAULT_MODEL = "scene-sd"
@@ -187,6 +190,8 @@ def cache_dir()->Path:
     "Where dsd_nb caches built-in models: `$DSD_NB_CACHE`, else `~/.cache/dsd_nb`."
     return Path(os.environ.get("DSD_NB_CACHE", Path.home() / ".cache" / "dsd_nb")).expanduser()
 
+
+# %% ../nbs/02_models.ipynb #070ac391
 def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
                       )->Path:
     "The folder of a built-in model: shipped inside the package, or built and saved on first use."
@@ -206,11 +211,16 @@ def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
         try: built.rename(folder)  # the first process to finish puts its build in place...
         except OSError:  # ...later ones keep it (another may be loading from it)
             shutil.rmtree(built, ignore_errors=True)
-            if not (folder / "model_index.json").exists(): raise DSDInputError(f"could not put the built-in model {name!r} in place at {folder}: check that folder")
+            if not (folder / "model_index.json").exists():
+                raise DSDInputError(f"could not put the built-in model {name!r} in place at {folder}: check that folder")
     return folder
 
+
+# %% ../nbs/02_models.ipynb #7fcad546
 def _clear_leftovers(folder:Path):
-    "Remove what a killed build of `folder` left: `folder` itself when it is no model (a folder without model_index.json, a file), moved aside under a name of this process first (one process wins); and the half-made builds (`.<name>.build.<pid>`) of processes that no longer run."
+    """Remove what a killed build of `folder` left: `folder` itself when it is no model (a folder without model_index.json,
+    a file), moved aside under a name of this process first (one process wins); and the half-made builds (`.<name>.build.<pid>`)
+    of processes that no longer run."""
     if os.path.lexists(folder) and not (folder / "model_index.json").exists():
         aside = folder.with_name(f".{folder.name}.broken.{os.getpid()}")
         try: folder.rename(aside)
@@ -234,15 +244,18 @@ def _hub_reachable(timeout:float=3.0)->bool:
     except OSError: return False
 
 def _offline()->bool:
-    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"))
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"))
 
 def resolve_model(name_or_path:str|None=None # built-in name, local folder, or hub id; None means `DEFAULT_MODEL`
                  )->tuple: # (source for from_pretrained, local_files_only)
     "Decide where a model comes from, failing fast (no network hang) when it is not available."
     if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
-        raise DSDInputError(f"the model must be a name, folder or hub id (a string or path); got {type(name_or_path).__name__} {name_or_path!r}")
+        raise DSDInputError(f"the model must be a name, folder or hub id (a string or path); "
+                            f"got {type(name_or_path).__name__} {name_or_path!r}")
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
-    if not name.strip(): raise DSDInputError(f"the model name is empty: pass a built-in name ({', '.join(BUILTIN_MODELS)}), a folder or a hub id")
+    if not name.strip():
+        raise DSDInputError(f"the model name is empty: pass a built-in name ({', '.join(BUILTIN_MODELS)}), a folder or a hub id")
     if name in BUILTIN_MODELS: return str(builtin_model_path(name)), True
     p = Path(name).expanduser()
     if p.exists():
@@ -292,7 +305,7 @@ def check_pipeline(pipe:StableDiffusionPipeline, warn:bool=True)->list: # notes 
     return notes
 
 # %% ../nbs/02_models.ipynb #9d50bfea
-def load_pipeline(name_or_path:str|None=None, # built-in name ("scene-sd", "tiny-random"), a diffusers folder, or a hub id; None: `DEFAULT_MODEL` ("scene-sd")
+def load_pipeline(name_or_path:str|None=None, # a built-in name, a diffusers folder or a hub id; None: `DEFAULT_MODEL` ("scene-sd")
                   device:str="cpu", # "auto", "cpu", "cuda", "cuda:N", "mps"
                   dtype:str|torch.dtype|None=None, # "fp32", "bf16", "fp16"; None: fp32 on CPU, fp16 on CUDA
                   progress:bool=False # show diffusers'/transformers' loading progress bars

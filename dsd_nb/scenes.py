@@ -96,11 +96,13 @@ def is_true(c:Caption, s:Scene)->bool:
 
 # %% ../nbs/06_scenes.ipynb #cd6e40b2
 def _shape_points(shape, cx, cy, r):
-    if shape == "square": return [(cx - r * .85, cy - r * .85), (cx + r * .85, cy - r * .85), (cx + r * .85, cy + r * .85), (cx - r * .85, cy + r * .85)]
+    if shape == "square":
+        return [(cx - r * .85, cy - r * .85), (cx + r * .85, cy - r * .85), (cx + r * .85, cy + r * .85), (cx - r * .85, cy + r * .85)]
     if shape == "triangle": return [(cx, cy - r), (cx + r * .95, cy + r * .8), (cx - r * .95, cy + r * .8)]
     if shape == "diamond": return [(cx, cy - r), (cx + r * .8, cy), (cx, cy + r), (cx - r * .8, cy)]
     if shape == "star":
-        return [(cx + (r if i % 2 == 0 else r * .45) * math.sin(i * math.pi / 5), cy - (r if i % 2 == 0 else r * .45) * math.cos(i * math.pi / 5)) for i in range(10)]
+        rs = [r if i % 2 == 0 else r * .45 for i in range(10)]
+        return [(cx + rs[i] * math.sin(i * math.pi / 5), cy - rs[i] * math.cos(i * math.pi / 5)) for i in range(10)]
     raise ValueError(shape)
 
 def draw_shape(draw, shape:str, cx:float, cy:float, r:float, fill):
@@ -193,7 +195,8 @@ def negative_scene(c:Caption, scene:Scene, kind:str, rng:random.Random, allowed=
             dx, dy = {"left of": (dist, 0), "right of": (-dist, 0), "above": (0, dist), "below": (0, -dist)}[rel]
             cx, cy = (a.x + b.x) / 2, (a.y + b.y) / 2
             lim = lambda v, r: min(max(v, r + .03), 1 - r - .03)
-            new = [replace(a, x=lim(cx - dx / 2, a.radius), y=lim(cy - dy / 2, a.radius)), replace(b, x=lim(cx + dx / 2, b.radius), y=lim(cy + dy / 2, b.radius))]
+            new = [replace(a, x=lim(cx - dx / 2, a.radius), y=lim(cy - dy / 2, a.radius)),
+                   replace(b, x=lim(cx + dx / 2, b.radius), y=lim(cy + dy / 2, b.radius))]
             if relation(*new) != rel: continue
         elif kind == "attribute_swap":
             a, b = objs
@@ -202,7 +205,8 @@ def negative_scene(c:Caption, scene:Scene, kind:str, rng:random.Random, allowed=
         else:
             a, b = objs; new = [replace(a, x=b.x, y=b.y), replace(b, x=a.x, y=a.y)]
         ns = Scene(tuple(new))
-        if all(allowed(o.colour, o.shape) for o in new) and not is_true(c, ns) and (len(new) < 2 or (new[0].colour, new[0].shape) != (new[1].colour, new[1].shape)):
+        twins = len(new) == 2 and (new[0].colour, new[0].shape) == (new[1].colour, new[1].shape)
+        if all(allowed(o.colour, o.shape) for o in new) and not is_true(c, ns) and not twins:
             return ns
         if kind in ("attribute_swap", "order"): return None
     return None
@@ -258,8 +262,11 @@ def write_comvg(folder, split:str="test", n:int=200, seed:int=0, size:int=64, ki
             w = csv.DictWriter(f, COMVG_COLUMNS); w.writeheader(); w.writerows(rows)
     return folder
 
+
+# %% ../nbs/06_scenes.ipynb #d05fea1d
 def read_comvg(csv_path, images_dir=None, ext:str|None=None):
-    "Read a ComVG-layout CSV (this world's or real ComVG's) as a DataFrame with `pos_path`/`neg_path` columns (`ext` None: each image's own .png, .jpg or .jpeg, in either case)."
+    """Read a ComVG-layout CSV (this world's or real ComVG's) as a DataFrame with `pos_path`/`neg_path` columns
+    (`ext` None: each image's own .png, .jpg or .jpeg, in either case). Raises `DSDInputError` for a missing or malformed CSV."""
     import pandas as pd
     csv_path = Path(csv_path)
     if csv_path.is_dir(): raise DSDInputError(f"ComVG CSV '{csv_path}' is a folder: give the CSV file itself")
@@ -273,7 +280,8 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
     if bad: raise DSDInputError(f"ComVG CSV '{csv_path}' has rows with no sentence (lines {bad[:5]}{' ...' if len(bad) > 5 else ''})")
     images_dir = Path(images_dir) if images_dir else csv_path.parent / "images"
     if ext is None:  # each image's own extension; a missing image gets the one most others have (.jpg if none is there)
-        def find(i): return next((e for e in (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG") if (images_dir / f"{i}{e}").is_file()), None)
+        exts = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+        def find(i): return next((e for e in exts if (images_dir / f"{i}{e}").is_file()), None)
         found = {i: find(i) for i in set(df.pos_image_id) | set(df.neg_image_id)}
         common = Counter(e for e in found.values() if e).most_common(1)
         path = lambda i: str(images_dir / f"{i}{found[i] or (common[0][0] if common else '.jpg')}")
@@ -282,6 +290,8 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
     df["neg_path"] = [path(i) for i in df.neg_image_id]
     return df
 
+
+# %% ../nbs/06_scenes.ipynb #adb00a80
 def write_i2t(folder, split:str="test", n:int=200, seed:int=0, size:int=64, kinds=NEG_KINDS, overwrite:bool=False)->Path:
     "Write a text-retrieval benchmark: images/ plus i2t.jsonl rows {id, image, captions (true first), kinds}."
     folder = _refuse_existing(folder, overwrite)
@@ -328,6 +338,8 @@ def _template(shape, cx, cy, r, H, W):
     draw_shape(PIL.ImageDraw.Draw(im), shape, cx * 4, cy * 4, r * 4, 255)
     return np.asarray(im.resize((W, H), PIL.Image.BILINEAR)) > 127
 
+
+# %% ../nbs/06_scenes.ipynb #7d5bbcbe
 def detect(image, # a PIL image (or path) of this world
            min_area:int=6 # components smaller than this (pixels) are ignored
           )->list: # list of `Detection`, largest first
@@ -385,6 +397,8 @@ def _scene_format(out, captions_out)->str:
             raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
     return fmt
 
+
+# %% ../nbs/06_scenes.ipynb #f5547761
 def write_scene_example(out:str="scene.png", # the image file; its extension (one of `IMAGE_SUFFIXES`) picks the format
                         split:str="test", index:int=0, seed:int=0, # which example (see `scene_example`)
                         size:int=64, # image side in pixels

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import PIL.Image
 import matplotlib
 from matplotlib.figure import Figure
+from fastcore.basics import patch
 from .core import DSDInputError
 from .tracing import AttentionTrace
 from .scoring import DSDScorer, ScoreResult, timestep_scores
@@ -47,6 +48,8 @@ def _layer_label(trace, layer):
 
 def _t_label(timestep): return "mean over t" if timestep == "mean" else f"t={timestep}"
 
+
+# %% ../nbs/10_visualize.ipynb #efa1513e
 def plot_word_maps(trace:AttentionTrace, caption=0, layer="all", timestep="mean", head="mean",
                    words=None, # word indices or texts; None: every word of the caption
                    alpha:float=0.6, # heat-map opacity over the image (0..1)
@@ -202,14 +205,16 @@ def _ranking_html(trace):
                    for r, j in enumerate(order))
     return f"<table><tr><th>rank</th><th>score</th><th>caption</th></tr>{rows}</table>"
 
+
+# %% ../nbs/10_visualize.ipynb #aaf3136c
 class Explorer:
     "An ipywidgets view of an `AttentionTrace`; `.widget` is the box to display. Controls redraw from the trace only."
     def __init__(self, trace:AttentionTrace, dpi:int=90):
         import ipywidgets as W
         self.trace, self.dpi, self.renders, self._quiet = trace, dpi, 0, False
         order = sorted(range(len(trace.captions)), key=lambda j: -float(trace.scores[j]))
-        self.caption = W.Dropdown(options=[(f"{float(trace.scores[j]):.3f}  {trace.captions[j]}", j) for j in order], value=order[0],
-                                  description="caption")
+        self.caption = W.Dropdown(options=[(f"{float(trace.scores[j]):.3f}  {trace.captions[j]}", j) for j in order],
+                                  value=order[0], description="caption")
         self.word = W.Dropdown(description="word")
         layer_names = [(f"{l.short} ({trace.grid(l)[0]}x{trace.grid(l)[1]})", l.short) for l in _order(trace.layers)]
         self.layer = W.Dropdown(options=[("all", "all")] + layer_names,
@@ -225,70 +230,92 @@ class Explorer:
         for c in (self.word, self.timestep, self.head, self.alpha): c.observe(self._redraw, names="value")
         self.layer.observe(self._layer_changed, names="value")
         self.caption.observe(self._caption_changed, names="value")
-        self.widget = W.VBox([W.HBox([W.VBox([self.caption, self.word, self.layer, self.timestep, self.head, self.alpha]), self.ranking]),
-                              self.message, self.maps_view, self.why_view])
+        controls = W.VBox([self.caption, self.word, self.layer, self.timestep, self.head, self.alpha])
+        self.widget = W.VBox([W.HBox([controls, self.ranking]), self.message, self.maps_view, self.why_view])
         self._redraw(); self._redraw_why()
 
-    def _set_words(self):
-        self._quiet = True  # changing the options resets the value: one redraw afterwards, not one per step
-        try:
-            self.word.options = [(w, i) for i, (w, _) in enumerate(self.trace.words[self.caption.value])]
-            if self.word.options: self.word.value = 0
-        finally: self._quiet = False
 
-    def _head_options(self, layer)->list:
-        "Heads the chosen layer has (for 'all': the heads every traced layer has); [] when the trace averaged them."
-        if not self.trace.per_head: return [("mean", "mean")]
-        ps = self.trace.probs.values() if layer == "all" else [self.trace.probs[self.trace.layer(layer).name]]
-        return [("mean", "mean")] + [(str(h), h) for h in range(min(p.shape[2] for p in ps))]
+# %% ../nbs/10_visualize.ipynb #1bd12ffe
+@patch
+def _set_words(self:Explorer):
+    "Fill the word control with the chosen caption's words."
+    self._quiet = True  # changing the options resets the value: one redraw afterwards, not one per step
+    try:
+        self.word.options = [(w, i) for i, (w, _) in enumerate(self.trace.words[self.caption.value])]
+        if self.word.options: self.word.value = 0
+    finally: self._quiet = False
 
-    def _layer_changed(self, change=None):
-        self._quiet = True  # keep the head if the new layer has it, else fall back to the mean; then redraw once
-        try:
-            keep = self.head.value
-            self.head.options = self._head_options(self.layer.value)
-            self.head.value = keep if keep in [v for _, v in self.head.options] else "mean"
-        finally: self._quiet = False
-        self._redraw()
+@patch
+def _head_options(self:Explorer, layer)->list:
+    "Heads the chosen layer has (for 'all': the heads every traced layer has); [] when the trace averaged them."
+    if not self.trace.per_head: return [("mean", "mean")]
+    ps = self.trace.probs.values() if layer == "all" else [self.trace.probs[self.trace.layer(layer).name]]
+    return [("mean", "mean")] + [(str(h), h) for h in range(min(p.shape[2] for p in ps))]
 
-    def _caption_changed(self, change=None):
-        self._set_words(); self._redraw(); self._redraw_why()
 
-    def figure(self)->Figure:
-        "The heat-map figure for the current control values."
-        return plot_word_maps(self.trace, self.caption.value, self.layer.value, self.timestep.value, self.head.value,
-                              words=None if self.word.value is None else [self.word.value], alpha=self.alpha.value, size=3.0)
+# %% ../nbs/10_visualize.ipynb #eda9e30c
+@patch
+def _layer_changed(self:Explorer, change=None):
+    self._quiet = True  # keep the head if the new layer has it, else fall back to the mean; then redraw once
+    try:
+        keep = self.head.value
+        self.head.options = self._head_options(self.layer.value)
+        self.head.value = keep if keep in [v for _, v in self.head.options] else "mean"
+    finally: self._quiet = False
+    self._redraw()
 
-    def _redraw(self, change=None):
-        if self._quiet: return
-        try: fig = self.figure(); self.message.value = ""
-        except DSDInputError as e: self.message.value = f"<b>{e}</b>"; return
-        self.maps_view.value = _png(fig, self.dpi); self.renders += 1
+@patch
+def _caption_changed(self:Explorer, change=None):
+    self._set_words(); self._redraw(); self._redraw_why()
 
-    def _redraw_why(self):
-        self.why_view.value = _png(plot_contributions(self.trace, positive=self.caption.value), self.dpi)
 
-    def static_figures(self)->list:
-        "Figures for pages without a kernel: the current word maps, all words by layer, the timestep strip, and the contributions."
-        m = self.caption.value
-        try: first = self.figure()
-        except DSDInputError:  # e.g. a head index that not every layer has: show the head mean instead
-            first = plot_word_maps(self.trace, m, self.layer.value, self.timestep.value, "mean",
-                                   words=None if self.word.value is None else [self.word.value], alpha=self.alpha.value, size=3.0)
-        return [first, plot_layer_grid(self.trace, m), plot_timestep_strip(self.trace, m, self.word.value or 0),
-                plot_contributions(self.trace, m)]
+# %% ../nbs/10_visualize.ipynb #a0d5875c
+@patch
+def figure(self:Explorer)->Figure:
+    "The heat-map figure for the current control values."
+    return plot_word_maps(self.trace, self.caption.value, self.layer.value, self.timestep.value, self.head.value,
+                          words=None if self.word.value is None else [self.word.value], alpha=self.alpha.value, size=3.0)
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+@patch
+def _redraw(self:Explorer, change=None):
+    if self._quiet: return
+    try: fig = self.figure(); self.message.value = ""
+    except DSDInputError as e: self.message.value = f"<b>{e}</b>"; return
+    self.maps_view.value = _png(fig, self.dpi); self.renders += 1
 
+@patch
+def _redraw_why(self:Explorer):
+    self.why_view.value = _png(plot_contributions(self.trace, positive=self.caption.value), self.dpi)
+
+
+# %% ../nbs/10_visualize.ipynb #88b0666e
+@patch
+def static_figures(self:Explorer)->list:
+    """Figures for pages without a kernel: the current word maps, all words by layer, the timestep strip,
+    and the contributions."""
+    m = self.caption.value
+    try: first = self.figure()
+    except DSDInputError:  # e.g. a head index that not every layer has: show the head mean instead
+        first = plot_word_maps(self.trace, m, self.layer.value, self.timestep.value, "mean",
+                               words=None if self.word.value is None else [self.word.value], alpha=self.alpha.value, size=3.0)
+    return [first, plot_layer_grid(self.trace, m), plot_timestep_strip(self.trace, m, self.word.value or 0),
+            plot_contributions(self.trace, m)]
+
+@patch
+def _ipython_display_(self:Explorer):
+    from IPython.display import display
+    display(self.widget)
+
+
+# %% ../nbs/10_visualize.ipynb #37017ea4
 def explore(pipe_or_trace, # a Stable Diffusion pipeline, or an `AttentionTrace` to show as is
             image=None, # with a pipeline: the image (path, PIL, bytes, tensor)
             captions=None, # with a pipeline: the captions
             steps:int=10, seed:int=0, layers="reference", mode:str="dsd", # passed to `DSDScorer`
             per_head:bool=False, max_grid:int|None=32, # passed to `DSDScorer.trace`
             dpi:int=90)->Explorer:
-    "Score an image against captions once and explore the cross-attention: ranked captions, word heat maps and the score breakdown."
+    """Score an image against captions once and explore the cross-attention: ranked captions, word heat maps
+    and the score breakdown. Raises `DSDInputError` when a pipeline comes without an image or captions."""
     if isinstance(pipe_or_trace, AttentionTrace): trace = pipe_or_trace
     else:
         if image is None or captions is None: raise DSDInputError("explore(pipe, image, captions) needs an image and captions")

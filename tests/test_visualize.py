@@ -1,19 +1,15 @@
-"""Tests for `dsd_nb.visualize`: token bookkeeping, the bounded attention trace, the figures' content, and the explorer
-widget (driven programmatically, with the UNet's forward calls counted). CPU only, tiny random pipeline."""
-import copy, os
-import numpy as np
+"""Tests for the traced scoring call behind `dsd_nb.visualize`: token bookkeeping and the bounded attention trace (with the
+UNet's forward calls counted), and the opt-in browser and live-Jupyter checks of the explorer. The figures' content and the
+explorer driven programmatically are checked in 10_visualize. CPU only, tiny random pipeline."""
+import os
 import pytest
 import torch
-from matplotlib.figure import Figure
 
 from dsd_nb.core import DSDInputError, add_noise
 from dsd_nb.attention import AttentionCapture
 from dsd_nb.scoring import DSDScorer
 from dsd_nb.scenes import scene_example, render
-from dsd_nb.tracing import caption_tokens, word_spans, pooled_grid, reduce_probs, AttentionTrace, trace_nbytes
-from dsd_nb.visualize import (contributions, plot_word_maps, plot_layer_grid, plot_timestep_strip, plot_contributions,
-                              plot_score_distribution, explore, Explorer, _order, object_box, box_density,
-                              word_on_object)
+from dsd_nb.tracing import caption_tokens, word_spans, pooled_grid, reduce_probs, trace_nbytes
 
 
 @pytest.fixture(scope="module")
@@ -169,191 +165,10 @@ def test_word_maps_and_lookup_errors(traced):
     with pytest.raises(DSDInputError, match="caption must be"): tr.maps(7)
 
 
-# ---- figures ----------------------------------------------------------------------------------------------------
-
-def _panels(fig): return [a for a in fig.axes if a.get_label() != "<colorbar>"]
-
-
-def test_plot_word_maps_content(traced):
-    _, tr, _ = traced
-    l0 = tr.layers[0]
-    fig = plot_word_maps(tr, 0, layer=l0.short, timestep=tr.timesteps[1], alpha=0.3)
-    try:
-        assert isinstance(fig, Figure)
-        axs = _panels(fig)
-        assert len(axs) == len(tr.words[0]) + 1
-        hms = [tr.word_map(0, w, l0.short, tr.timesteps[1]) for w in range(len(tr.words[0]))]
-        for (word, _), a, hm in zip(tr.words[0], axs[1:], hms):
-            im = a.images[-1]
-            assert im.get_array().shape == l0.grid(tr.latent_hw)
-            assert list(im.get_extent()) == [0, 64, 64, 0] and im.get_alpha() == 0.3
-            np.testing.assert_allclose(im.get_array(), hm.numpy())
-            assert im.get_clim() == pytest.approx((0.0, max(float(h.max()) for h in hms)))
-            assert f"'{word}'" in a.get_title() and l0.short in a.get_title()
-        assert f"t={tr.timesteps[1]}" in fig.get_suptitle()
-    finally: fig.clf()
-    fig = plot_word_maps(tr, 1, words=["red"] if "red" in [w for w, _ in tr.words[1]] else [0])
-    try: assert len(_panels(fig)) == 2 and "all layers" in _panels(fig)[1].get_title()
-    finally: fig.clf()
-
-
-def test_plot_layer_grid_content(traced):
-    _, tr, _ = traced
-    fig = plot_layer_grid(tr, 0, timestep="mean")
-    try:
-        axs, nw = _panels(fig), len(tr.words[0])
-        assert len(axs) == len(tr.layers) * nw
-        order = _order(tr.layers)
-        assert [l.place for l in order] == sorted([l.place for l in order], key=["down", "mid", "up"].index)
-        for i, l in enumerate(order):
-            for j, (word, _) in enumerate(tr.words[0]):
-                a = axs[i * nw + j]
-                assert a.images[-1].get_array().shape == l.grid(tr.latent_hw)
-                assert l.short in a.get_title() and f"'{word}'" in a.get_title()
-        assert len({a.images[-1].get_clim() for a in axs}) == 1
-    finally: fig.clf()
-
-
-def test_plot_timestep_strip_content(traced):
-    _, tr, _ = traced
-    fig = plot_timestep_strip(tr, 0, word=1, layer=tr.layers[-1].short)
-    try:
-        axs = _panels(fig)
-        assert [a.get_title() for a in axs] == [f"t={t}" for t in tr.timesteps] + ["mean over t"]
-        assert all(a.images[-1].get_array().shape == tr.layers[-1].grid(tr.latent_hw) for a in axs)
-        np.testing.assert_allclose(axs[0].images[-1].get_array(), tr.word_map(0, 1, tr.layers[-1].short, tr.timesteps[0]).numpy())
-        assert tr.words[0][1][0] in fig.get_suptitle() and tr.layers[-1].short in fig.get_suptitle()
-    finally: fig.clf()
-
-
-def test_contributions_and_chart(traced):
-    _, tr, _ = traced
-    c = contributions(tr.result)
-    torch.testing.assert_close(c["layers"].sum(-1) + c["denoising"], tr.scores, atol=1e-5, rtol=0)
-    torch.testing.assert_close(c["timesteps"].sum(-1), tr.scores, atol=1e-5, rtol=0)
-    M, L = len(tr.captions), len(tr.layers)
-    fig = plot_contributions(tr, positive=0)
-    try:
-        assert len(fig.axes) == 3
-        assert len(fig.axes[0].patches) == M * L and len(fig.axes[2].patches) == (M - 1) * (L + 1)
-        heights = np.array([b.get_height() for b in fig.axes[2].patches[:L + 1]])   # first negative's margin parts
-        want = torch.cat([c["layers"][0] - c["layers"][1], (c["denoising"][0] - c["denoising"][1])[None]]).numpy()
-        np.testing.assert_allclose(heights, want, atol=1e-6)
-        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [l.short for l in tr.layers]
-        assert len(fig.axes[1].lines) == M
-    finally: fig.clf()
-
-
-def test_plot_score_distribution():
-    rng = np.random.default_rng(0)
-    fig = plot_score_distribution(rng.normal(1, 1, 40), rng.normal(0, 1, 60))
-    try:
-        assert "40 positives, 60 negatives" in fig.axes[0].get_title()
-        assert sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts()) == ["negative", "positive"]
-    finally: fig.clf()
-    with pytest.raises(DSDInputError, match="kinds has"): plot_score_distribution([1.0], [0.0, 1.0], kinds=["a"])
-
-
-# ---- maps against a known layout -------------------------------------------------------------------------------------
-
-def _box_trace(tr, scene, swap=False):
-    "Copy of a trace whose caption-0 word maps are the indicator of their object's square (or of the other one's)."
-    import dataclasses
-    size, probs = tr.image.size[0], {}
-    for l in tr.layers:
-        p = torch.zeros_like(tr.probs[l.name]); gh, gw = p.shape[-2:]
-        ys, xs = (torch.arange(gh) + .5) * size / gh, (torch.arange(gw) + .5) * size / gw
-        for word, pos in tr.words[0]:
-            owners = [i for i, o in enumerate(scene.objects) if word in (o.colour, o.shape)]
-            if len(owners) != 1: continue
-            x0, y0, x1, y1 = object_box(scene.objects[1 - owners[0] if swap else owners[0]], size)
-            p[0, :, :, pos] = (((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None]).float()
-        probs[l.name] = p
-    out = copy.copy(tr); out.probs = probs
-    return out
-
-
-def test_word_on_object_controls(traced):
-    _, tr, _ = traced
-    scene = scene_example("test", 0)[0]
-    good = word_on_object(_box_trace(tr, scene), scene)
-    bad = word_on_object(_box_trace(tr, scene, swap=True), scene)
-    assert len(good) >= 2 and all(r["hit"] for r in good) and not any(r["hit"] for r in bad)
-    for r in good:                                     # only words naming exactly one object are checked
-        assert sum(r["word"] in (o.colour, o.shape) for o in scene.objects) == 1
-    for layer in [l.short for l in tr.layers if tr.grid(l) == tr.latent_hw]:   # per full-resolution layer too
-        assert all(r["hit"] for r in word_on_object(_box_trace(tr, scene), scene, layer=layer))
-    assert box_density(torch.arange(4.).view(2, 2), (32, 0, 64, 32), 64) == 1.0
-    with pytest.raises(DSDInputError, match="empty box"): box_density(torch.ones(2, 2), (5, 5, 5, 9), 64)
-    one = scene.__class__(scene.objects[:1])
-    with pytest.raises(DSDInputError, match="two-object scene"): word_on_object(tr, one)
-
-
 def test_trace_nbytes_matches(traced):
     sc, tr, _ = traced
     assert trace_nbytes(tr.layers, tr.latent_hw, len(tr.captions), len(tr.timesteps), len(tr.tokens[0]) - 1) == tr.nbytes
     assert trace_nbytes(tr.layers, tr.latent_hw, 2, 3, 5, dtype=torch.float16) * 2 == trace_nbytes(tr.layers, tr.latent_hw, 2, 3, 5)
-
-
-# ---- the explorer ------------------------------------------------------------------------------------------------
-
-def test_explorer_redraws_from_cache(pipe, scene):
-    image, caps = scene
-    c = Calls(pipe.unet)
-    try:
-        ex = explore(pipe, image, caps, steps=2, seed=0, layers="all_cross", per_head=True)
-        n0 = c.n
-        assert n0 == ex.trace.unet_calls > 0
-        assert isinstance(ex, Explorer) and ex.maps_view.value[:4] == b"\x89PNG" and ex.why_view.value[:4] == b"\x89PNG"
-        # the ranking lists every caption, best first
-        order = sorted(range(len(caps)), key=lambda j: -float(ex.trace.scores[j]))
-        assert ex.caption.value == order[0] and [v for _, v in ex.caption.options] == order
-        assert all(cap in ex.ranking.value for cap in caps)
-        l0 = ex.trace.layers[0]
-        seen, why = {ex.maps_view.value}, ex.why_view.value
-        for ctl, v in [(ex.word, 1), (ex.layer, l0.short), (ex.timestep, ex.trace.timesteps[0]), (ex.head, 1), (ex.alpha, 0.25)]:
-            before = ex.renders
-            ctl.value = v
-            assert ex.renders == before + 1, ctl.description
-            assert ex.maps_view.value not in seen, ctl.description
-            seen.add(ex.maps_view.value)
-        assert ex.why_view.value == why                          # the breakdown depends on the caption only
-        ex.caption.value = order[1]
-        assert ex.maps_view.value not in seen and ex.why_view.value != why
-        assert ex.word.value == 0 and [w for w, _ in ex.word.options] == [w for w, _ in ex.trace.words[order[1]]]
-        # what the widget shows is the plotting function's figure for the same controls
-        fig = ex.figure()
-        try:
-            a = _panels(fig)[1]
-            assert l0.short in a.get_title() and a.images[-1].get_alpha() == 0.25
-        finally: fig.clf()
-        # the head menu offers only the heads the chosen layer has ("all": the heads every layer has)
-        for l in ex.trace.layers:
-            ex.layer.value = l.short
-            assert [v for _, v in ex.head.options] == ["mean"] + list(range(l.heads)), l.short
-        big = max(ex.trace.layers, key=lambda l: l.heads)
-        ex.layer.value = big.short; ex.head.value = big.heads - 1
-        before = ex.renders
-        ex.layer.value = "all"
-        common = min(l.heads for l in ex.trace.layers)
-        assert [v for _, v in ex.head.options] == ["mean"] + list(range(common))
-        assert ex.head.value == (big.heads - 1 if big.heads <= common else "mean") and ex.renders == before + 1
-        assert ex.message.value == ""
-        figs = ex.static_figures()
-        assert len(figs) == 4 and all(isinstance(f, Figure) for f in figs)
-        for f in figs: f.clf()
-        assert c.n == n0                                          # no control ever re-ran the UNet
-    finally: c.remove()
-
-
-def test_explore_from_trace_and_errors(pipe, traced):
-    _, tr, _ = traced
-    c = Calls(pipe.unet)
-    try: ex = explore(tr)
-    finally: c.remove()
-    assert c.n == 0 and ex.trace is tr
-    assert [o for _, o in ex.head.options] == ["mean"]                  # head-averaged trace: no head choice
-    with pytest.raises(DSDInputError, match="needs an image and captions"): explore(pipe)
 
 
 # ---- the browser check (needs Chromium; opt-in) -------------------------------------------------------------------
