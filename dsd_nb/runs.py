@@ -46,7 +46,7 @@ class RunFolder:
         write_atomic(self.out / "config.json", json.dumps(settings, indent=1))
         self._tidy()
 
-# %% ../nbs/06a_runs.ipynb #62aca30a
+# %% ../nbs/06a_runs.ipynb #dc068a34
 @patch_to(RunFolder)
 def _decide(self, overwrite, free, hints)->str:
     out, kind, cfg, done = self.out, self.kind, self.out / "config.json", self.out / "done.json"
@@ -74,7 +74,7 @@ def _decide(self, overwrite, free, hints)->str:
     if diff:
         raise DSDInputError(f"the output folder {out} holds {'a finished' if self.done else 'an unfinished'} run with other settings ("
                             + "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items()) + "): "
-                            + "".join(hints[k] + "; " for k in diff if k in hints) + "run it with its own settings to resume it"
+                            + "".join(hints[k] + "; " for k in diff if k in hints) + "run it with its own settings" + ("" if self.done else " to resume it")
                             + (", pass overwrite=True (--overwrite) to replace it" if overwrite is not None else "") + ", or use another output folder")
     return "finished" if self.done is not None else "resume" if self.ck.is_dir() else "new"
 
