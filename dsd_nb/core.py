@@ -4,18 +4,52 @@
 
 # %% ../nbs/00_core.ipynb #89604b55
 from __future__ import annotations
-import numbers, os, warnings
+import math, numbers, os, warnings
 import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 # %% auto #0
-__all__ = ['MAX_SEED', 'DSDInputError', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed', 'draw_noise',
-           'flag_message', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'check_max_minutes']
+__all__ = ['MAX_SEED', 'DSDInputError', 'check', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed',
+           'draw_noise', 'flag_message', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'check_max_minutes']
 
 # %% ../nbs/00_core.ipynb #d19fb132
 class DSDInputError(ValueError):
     "Bad user input (image, caption, model name or option); the message says what was wrong and what to do."
+
+# %% ../nbs/00_core.ipynb #0f13ad37
+def _wanted(kind, lo, hi, above, choices)->str:
+    "What a good value is, in words, for `check`'s message."
+    if kind == "choice": return "one of " + ", ".join(map(str, choices))
+    if kind == "bool": return "True or False"
+    if kind == "int":
+        if lo is not None and hi is not None: return f"an integer from {lo} to {hi}"
+        if lo == 1: return "a positive integer"
+        return "an integer" + (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+    if above == 0 and lo is None and hi is None: return "a positive finite number"
+    bounds = [f"> {above}"] * (above is not None) + [f">= {lo}"] * (lo is not None) + [f"<= {hi}"] * (hi is not None)
+    return " ".join(["a finite number"] + [" and ".join(bounds)] * bool(bounds))
+
+def check(value, # the value to check
+          name:str, # its name in the message, e.g. "steps" (or the flag, "--steps", on a command line)
+          kind:str="int", # "int" (a whole number), "number" (a finite real), "bool" or "choice"; a bool is never a number
+          lo=None, # smallest allowed value (int, number)
+          hi=None, # largest allowed value (int, number)
+          choices=None, # the allowed values (choice)
+          allow_none:bool=False, # None passes unchanged
+          above=None, # a strict lower bound (number), e.g. 0 for a learning rate
+          msg:str|None=None # what a good value is, for the message (default: said from `kind` and the bounds)
+         ): # `value`; a Python `int` for "int"
+    "`value` when it is a `kind` within the bounds; else `DSDInputError(\"{name} must be {msg}; got {value!r}\")`."
+    if value is None and allow_none: return None
+    if kind == "choice": ok = any(value is c or (type(value) is type(c) and value == c) for c in choices)
+    elif kind == "bool": ok = isinstance(value, bool)
+    elif kind in ("int", "number"):
+        ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if kind == "int" else numbers.Real)
+        ok = ok and math.isfinite(value) and (lo is None or value >= lo) and (hi is None or value <= hi) and (above is None or value > above)
+    else: raise ValueError(f"check: unknown kind {kind!r}")
+    if not ok: raise DSDInputError(f"{name} must be {msg or _wanted(kind, lo, hi, above, choices)}; got {value!r}")
+    return int(value) if kind == "int" else value
 
 # %% ../nbs/00_core.ipynb #fde99640
 def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", "mps", or a `torch.device`
@@ -62,15 +96,9 @@ def reference_timesteps(steps:int=10, # S, the reference's `--sampling_time_step
                         num_train_timesteps:int=1000 # length of the model's training schedule
                        )->torch.Tensor: # int64 timesteps in 0..num_train_timesteps-1, ascending
     "The reference DSD timestep grid for `S` sampling steps (method notes section 2.5): S=10 gives 89, 189, ..., 989; S=50 gives 49 timesteps; every S from 501 to 1000 gives the same 980."
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise DSDInputError(f"steps must be a positive integer, got {steps!r}")
-    steps = int(steps)
-    if not 0 <= offset < num_train_timesteps // 2:
-        raise DSDInputError(f"offset must be in 0..{num_train_timesteps//2 - 1}, got {offset}")
-    rate = num_train_timesteps // steps
-    if rate < 1:
-        raise DSDInputError(f"steps={steps} is more than the {num_train_timesteps} training timesteps")
-    idx = torch.arange(offset, num_train_timesteps - offset, rate)
+    steps = check(steps, "steps", lo=1, hi=num_train_timesteps)
+    offset = check(offset, "offset", lo=0, hi=num_train_timesteps // 2 - 1)
+    idx = torch.arange(offset, num_train_timesteps - offset, num_train_timesteps // steps)
     return torch.sort((num_train_timesteps - 1) - idx).values
 
 # %% ../nbs/00_core.ipynb #ac446d9c
@@ -78,9 +106,7 @@ MAX_SEED = 2**63 - 2 # seeds are 0..MAX_SEED (seed + 1 seeds a second stream)
 
 def check_seed(seed)->int:
     "A seed as a Python int in 0..MAX_SEED; raises `DSDInputError` otherwise."
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise DSDInputError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    return int(seed)
+    return check(seed, "seed", lo=0, hi=MAX_SEED)
 
 # %% ../nbs/00_core.ipynb #6ab894d0
 def draw_noise(shape:tuple, # e.g. (K, 4, 64, 64): one latent-shaped noise per timestep
@@ -132,6 +158,4 @@ def epsilon_from_prediction(sched:DDPMScheduler, # from `noise_scheduler`
 # %% ../nbs/00_core.ipynb #6e50b57d
 def check_max_minutes(max_minutes)->float|None:
     "A time budget in minutes: None (no limit) or a number >= 0 (0: stop after the first step); raises `DSDInputError` otherwise."
-    if max_minutes is not None and (isinstance(max_minutes, bool) or not (isinstance(max_minutes, numbers.Real) and max_minutes >= 0)):
-        raise DSDInputError(f"max_minutes must be a number of minutes >= 0 (0: stop after the first step; None: no limit); got {max_minutes!r}")
-    return max_minutes
+    return check(max_minutes, "max_minutes", "number", lo=0, allow_none=True, msg="a number of minutes >= 0 (0: stop after the first step; None: no limit)")

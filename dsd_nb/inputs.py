@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import PIL.Image, PIL.ImageOps
 from PIL import UnidentifiedImageError
 from diffusers.image_processor import VaeImageProcessor
-from .core import DSDInputError
+from .core import DSDInputError, check
 
 # %% auto #0
 __all__ = ['MIN_IMAGE_SIDE', 'RESIZE_MODES', 'to_rgb', 'load_image', 'images_to_tensor', 'check_captions']
@@ -113,7 +113,7 @@ def images_to_tensor(images, # one image or a list: paths, bytes, PIL images, or
                      background:tuple=(255, 255, 255) # composited under transparent pixels
                     )->torch.Tensor: # [N, 3, H, W] float32 in [-1, 1]
     "Load and resize images for the VAE: `[N, 3, H, W]` float32 in [-1, 1]; raises `DSDInputError` on bad input."
-    if resize not in RESIZE_MODES: raise DSDInputError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    check(resize, "resize", "choice", choices=RESIZE_MODES)
     H, W = (size, size) if isinstance(size, int) else tuple(size)
     if isinstance(images, torch.Tensor): return _tensor_images(images, (H, W), resize)
     if not isinstance(images, (list, tuple)): images = [images]

@@ -19,8 +19,8 @@ from .plumbing import atomic_folder
 
 # %% auto #0
 __all__ = ['DEFAULT_WORDS', 'SD21_UNET_CONFIG', 'SD21_VAE_CONFIG', 'SD21_TEXT_CONFIG', 'BUILTIN_MODELS', 'DEFAULT_MODEL',
-           'RETIRED_MODELS', 'clip_tokenizer', 'tiny_pipeline', 'sd21_unet', 'sd21_shaped_pipeline', 'save_pipeline',
-           'cache_dir', 'builtin_model_path', 'resolve_model', 'check_pipeline', 'load_pipeline']
+           'clip_tokenizer', 'tiny_pipeline', 'sd21_unet', 'sd21_shaped_pipeline', 'save_pipeline', 'cache_dir',
+           'builtin_model_path', 'resolve_model', 'check_pipeline', 'load_pipeline']
 
 # %% ../nbs/02_models.ipynb #b543b304
 def _bytes_to_unicode():
@@ -179,8 +179,6 @@ BUILTIN_MODELS = {
     "tiny-random": dict(builder=tiny_pipeline, kwargs=dict(seed=0), version=2, # bump when the builder changes
                         about="tiny Stable Diffusion with random weights (tests; its scores mean nothing)")}
 DEFAULT_MODEL = "scene-sd"
-RETIRED_MODELS = {"scene-sd-grounded": "its grounding stage is now part of the default model scene-sd (which also keeps DSD's "
-                  "attention term); to rebuild the grounding-only variant, run dsd-train-scene-sd --ground_lse_weight 0"}
 
 def cache_dir()->Path:
     "Where dsd_nb caches built-in models: `$DSD_NB_CACHE`, else `~/.cache/dsd_nb`."
@@ -248,7 +246,6 @@ def resolve_model(name_or_path:str|None=None # built-in name, local folder, or h
         if not p.is_dir() or not (p / "model_index.json").exists():
             raise DSDInputError(f"'{p}' is not a diffusers pipeline folder (no model_index.json in it)")
         return str(p), True
-    if name in RETIRED_MODELS: raise DSDInputError(f"the built-in model {name!r} was retired: {RETIRED_MODELS[name]}")
     if not _HUB_ID.match(name):
         raise DSDInputError(f"model {name!r} not found: it is not a built-in name ({', '.join(BUILTIN_MODELS)}), "
                             "not an existing folder, and not a hub id like 'owner/name'")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np
 import PIL.Image, PIL.ImageDraw
-from .core import DSDInputError, check_seed
+from .core import DSDInputError, check_seed, check
 from .plumbing import write_atomic, print_stdout, atomic_folder
 
 # %% auto #0
@@ -111,7 +111,7 @@ def draw_shape(draw, shape:str, cx:float, cy:float, r:float, fill):
 def render(scene:Scene, size:int=64, # image side in pixels (at least 32)
            background:tuple=BACKGROUND)->PIL.Image.Image: # RGB, size x size
     "Render a scene as an RGB image."
-    if size < 32 or size > 2048: raise DSDInputError(f"scenes are rendered at 32 to 2048 px, got {size}")
+    size = check(size, "size", lo=32, hi=2048, msg="a side in pixels from 32 to 2048")
     S = size * 4
     im = PIL.Image.new("RGB", (S, S), background)
     d = PIL.ImageDraw.Draw(im)
@@ -360,8 +360,7 @@ MAX_INDEX = 100_000 # examples are drawn in sequence: index i costs i draws
 
 def scene_example(split:str="test", index:int=0, seed:int=0)->tuple: # (scene, true caption, [(kind, negative caption)])
     "The `index`-th two-object example of a split with one hard negative caption of each kind."
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < MAX_INDEX:
-        raise DSDInputError(f"index must be an integer from 0 to {MAX_INDEX - 1}, got {index!r}")
+    index = check(index, "index", lo=0, hi=MAX_INDEX - 1)
     scene, cap = sample_examples(split, index + 1, seed, p_single=0.0)[index]
     rng = _split_rng(f"{split}-negatives-{index}", seed)
     negs = [(k, negative(cap, scene, k, rng)) for k in NEG_KINDS]
