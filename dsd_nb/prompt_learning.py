@@ -4,14 +4,14 @@
 
 # %% ../nbs/12c_prompt_learning.ipynb #1ac08f87
 from __future__ import annotations
-import math, re, time
+import inspect, math, re, sys, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 import pandas as pd
 from tqdm.auto import tqdm
-from .core import DSDInputError, check_seed, check_max_minutes, flag_message
+from .core import DSDInputError, check, check_seed, check_max_minutes, flag_message
 from .plumbing import print_stdout, console_setup
 from .attention import AttentionCapture
 from .inputs import load_image
@@ -54,37 +54,30 @@ class PromptConfig:
     val_seeds:list|None=None # noise-bank seeds the validation averages over (None: the training seed); fixed seeds judge every training seed on the same banks
     chunk_size:int=64
     keep_best:bool=False # end with the adapter of the best validation (mean pairwise accuracy over kinds, then loss; step 0 = the unchanged model competes); needs val
-    def __post_init__(self): _check_config(self)  # bad settings fail here, not minutes into a run
+    def __post_init__(self):
+        "Check every setting once (`DSDInputError` naming it); `val_seeds` becomes a list (config.json round-trips it)."
+        for k in ("steps", "batch_size", "grad_accum", "n_draws", "rank", "soft_tokens", "ckpt_every", "val_every", "val_draws", "chunk_size"):
+            check(getattr(self, k), k, lo=1)
+        if self.batch_size % self.grad_accum: raise DSDInputError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        check(self.soft_tokens, "soft_tokens", hi=75, msg="at most 75 (a caption and its start and end tokens need the rest of the 77 positions)")
+        check(self.val_steps, "val_steps", lo=1, hi=1000, allow_none=True,
+              msg="a positive integer of at most 1000 (the validation grid's timesteps), or None (left out) for random validation draws")
+        if self.val_seeds is not None:
+            if not isinstance(self.val_seeds, (list, tuple)) or not self.val_seeds:
+                raise DSDInputError(f"val_seeds must be None or a non-empty list of seeds, like [0, 1, 2]; got {self.val_seeds!r}")
+            self.val_seeds = [check_seed(s) for s in self.val_seeds]
+            if len(set(self.val_seeds)) < len(self.val_seeds): raise DSDInputError(f"val_seeds repeats a seed: {self.val_seeds}")
+        for k in ("lr", "clip"): check(getattr(self, k), k, "number", above=0)
+        check(self.lr, "lr", "number", hi=1, msg="at most 1 (AdamW steps that large wreck the weights; 1e-4 to 1e-2 is usual)")
+        for k in ("weight_decay", "margin"): check(getattr(self, k), k, "number", lo=0)
+        check(self.alpha, "alpha", "number", above=0, allow_none=True,
+              msg="a positive finite number, or None (left out) for alpha = rank (it scales the adapter's output: 0 would train nothing)")
+        check_seed(self.seed)
+        for k in ("keep_best", "gradient_checkpointing"): check(getattr(self, k), k, "bool")
+        for k, ok in (("loss", ("hinge", "ce")), ("lora_layers", ("all", "cross")), ("mode", MODES), ("method", ("lora", "soft_prompt")),
+                      ("mixed_precision", ("no", "bf16", "fp16"))):
+            check(getattr(self, k), k, "choice", choices=ok)
 
-def _check_config(c:PromptConfig):
-    for k in ("steps", "batch_size", "grad_accum", "n_draws", "rank", "soft_tokens", "ckpt_every", "val_every", "val_draws", "chunk_size"):
-        v = getattr(c, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise DSDInputError(f"{k} must be a positive integer; got {v!r}")
-    if c.batch_size % c.grad_accum: raise DSDInputError(f"batch_size ({c.batch_size}) must be a multiple of grad_accum ({c.grad_accum})")
-    if c.soft_tokens > 75: raise DSDInputError(f"soft_tokens must be at most 75 (a caption and its start and end tokens need the rest of the 77 positions); got {c.soft_tokens}")
-    if c.val_steps is not None and (isinstance(c.val_steps, bool) or not isinstance(c.val_steps, int) or c.val_steps < 1):
-        raise DSDInputError(f"val_steps must be a positive integer, or None (left out) for random validation draws; got {c.val_steps!r}")
-    if c.val_steps is not None and c.val_steps > 1000: raise DSDInputError(f"val_steps (the validation grid's timesteps) must be at most 1000; got {c.val_steps}")
-    if c.val_seeds is not None:
-        if not isinstance(c.val_seeds, (list, tuple)) or not c.val_seeds:
-            raise DSDInputError(f"val_seeds must be None or a non-empty list of seeds, like [0, 1, 2]; got {c.val_seeds!r}")
-        c.val_seeds = [check_seed(s) for s in c.val_seeds]  # a list: config.json round-trips it unchanged
-        if len(set(c.val_seeds)) < len(c.val_seeds): raise DSDInputError(f"val_seeds repeats a seed: {c.val_seeds}")
-    if c.mixed_precision not in ("no", "bf16", "fp16"): raise DSDInputError(f"mixed_precision must be 'no', 'bf16' or 'fp16'; got {c.mixed_precision!r}")
-    for k in ("lr", "clip"):
-        v = getattr(c, k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0: raise DSDInputError(f"{k} must be a positive finite number; got {v!r}")
-    if c.lr > 1: raise DSDInputError(f"lr must be at most 1 (AdamW steps that large wreck the weights; 1e-4 to 1e-2 is usual); got {c.lr!r}")
-    for k in ("weight_decay", "margin"):
-        v = getattr(c, k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0: raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
-    if c.alpha is not None and (isinstance(c.alpha, bool) or not isinstance(c.alpha, (int, float)) or not math.isfinite(c.alpha) or c.alpha <= 0):
-        raise DSDInputError(f"alpha must be a positive finite number, or None (left out) for alpha = rank (it scales the adapter's output: 0 would train nothing); got {c.alpha!r}")
-    check_seed(c.seed)
-    for k in ("keep_best", "gradient_checkpointing"):
-        if not isinstance(getattr(c, k), bool): raise DSDInputError(f"{k} must be True or False; got {getattr(c, k)!r}")
-    for k, ok in (("loss", ("hinge", "ce")), ("lora_layers", ("all", "cross")), ("mode", MODES), ("method", ("lora", "soft_prompt"))):
-        if getattr(c, k) not in ok: raise DSDInputError(f"{k} must be one of {', '.join(ok)}; got {getattr(c, k)!r}")
 
 # %% ../nbs/12c_prompt_learning.ipynb #61c86be5
 def example_generator(seed:int, step:int, index:int)->torch.Generator:
@@ -101,6 +94,7 @@ def _fill_cache(scorer, examples, cache:dict, captions:bool=True):
     if new_caps:
         for c, x in zip(new_caps, scorer.encode_captions(new_caps)): cache["caption", c] = x
 
+# %% ../nbs/12c_prompt_learning.ipynb #b30a346c
 def ranking_scores(scorer:DSDScorer, examples:list, # `RankingExample`s
                    generators:list, # one torch.Generator per example (see `example_generator`)
                    n_draws:int=1, # (timestep, noise) draws per example, shared by its candidates, averaged
@@ -161,6 +155,7 @@ def ranking_scores(scorer:DSDScorer, examples:list, # `RankingExample`s
         out.append(torch.stack(per_draw).mean(0))
     return out
 
+# %% ../nbs/12c_prompt_learning.ipynb #2eb0463a
 def ranking_loss(scores:list, # one [C] tensor per example, positive first (or a [B, C] tensor)
                  loss:str="hinge", # "hinge" (hardest negative, the reference) or "ce" (softmax cross-entropy)
                  margin:float=0.1, # hinge margin (the reference's 0.1)
@@ -213,8 +208,7 @@ def _open_run(pipe, tr:Trainable, train, val, out, c:PromptConfig, overwrite, ma
     "The checks the config cannot make, then the run folder `out` opened (None: no files)."
     if not train: raise DSDInputError("train needs at least one example")
     check_max_minutes(max_minutes)
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
-        raise DSDInputError(f"stop_after must be a step from 1 on (or None); got {stop_after!r}")
+    check(stop_after, "stop_after", lo=1, allow_none=True, msg="a step from 1 on (or None)")
     if c.mixed_precision == "fp16" and pipe.device.type == "cpu": raise DSDInputError("fp16 mixed precision needs a GPU; use bf16 on CPU")
     if c.keep_best and not val: raise DSDInputError("keep_best needs validation examples (val) to choose the best adapter")
     if out is None: return None
@@ -382,10 +376,10 @@ def training_examples(dataset:str="scene", # "scene" (the scene world) or the pa
                       val_n:int=50, # validation examples from the scene world's val split (0: none)
                       seed:int=0)->tuple: # (train, val or None): lists of `RankingExample`
     "The shots of a `dsd-train` run (their image files checked) and its validation examples."
-    if isinstance(shots, int) and not 1 <= shots <= MAX_SHOTS:
-        raise DSDInputError(f"shots must be 1 to {MAX_SHOTS} examples (few-shot learning; the pool is drawn first) or a fraction in (0, 1], got {shots}")
+    if isinstance(shots, int):
+        check(shots, "shots", lo=1, hi=MAX_SHOTS, msg=f"1 to {MAX_SHOTS} examples (few-shot learning; the pool is drawn first) or a fraction in (0, 1]")
     if images_dir is not None and dataset == "scene": raise DSDInputError("images_dir is the images folder of a ComVG CSV dataset; the scene world renders its own")
-    if not 0 <= val_n <= MAX_VAL_N: raise DSDInputError(f"val_n must be 0 (no validation) to {MAX_VAL_N}, got {val_n}")
+    check(val_n, "val_n", lo=0, hi=MAX_VAL_N, msg=f"0 (no validation) to {MAX_VAL_N}")
     if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, shots if isinstance(shots, int) else 0), seed=0, direction=direction)
     else: pool = comvg_ranking_examples(dataset, images_dir)
     if isinstance(shots, int) and shots > len(pool):
@@ -459,7 +453,6 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
               val_seeds:Param("seeds the validation averages over, comma-separated like 0,1,2 (default: --seed): noise banks with --val_steps, else the seeds of its random draws", str)=None,
               max_minutes:Param("stop after a checkpoint when this call has run this long", float)=None):
     "Few-shot prompt learning: train a LoRA adapter (or a soft prompt) with a ranking loss on DSD scores (resumable)."
-    import inspect, sys
     console_setup()  # progress bars stop, not the run, when stderr's reader goes away; SIGTERM cleans up like Ctrl-C
     from dsd_nb.models import load_pipeline
     flags = {**{k: k for k in inspect.signature(dsd_train).parameters}, "n_draws": "draws"}
@@ -484,7 +477,6 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
     except (DSDInputError, ValueError, OSError) as e:
         sys.stderr.write(f"dsd-train: error: {flag_message(str(e), flags) if isinstance(e, DSDInputError) else e}\n"); sys.exit(2)
     except KeyboardInterrupt:
-        if has_checkpoint(out): sys.stderr.write(f"dsd-train: interrupted; run the same command again to resume from the last checkpoint in {out}\n")
-        else: sys.stderr.write("dsd-train: interrupted before the first checkpoint; the same command starts the run again\n")
-        sys.exit(130)
+        sys.stderr.write(f"dsd-train: interrupted; run the same command again to resume from the last checkpoint in {out}\n" if has_checkpoint(out)
+                         else "dsd-train: interrupted before the first checkpoint; the same command starts the run again\n"); sys.exit(130)
     print_stdout(_summary(df, (Path(out) / "done.json").exists(), keep_best, "adapter" if method == "lora" else "soft prompt"))

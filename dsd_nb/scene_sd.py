@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, _fork_seed, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, check_seed, check_max_minutes, flag_message
+from .core import DSDInputError, resolve_device, check, check_seed, check_max_minutes, flag_message
 from .plumbing import print_stdout, write_atomic, console_setup, atomic_folder
 from .runs import RunFolder, has_checkpoint
 import PIL.Image, PIL.ImageDraw
@@ -143,6 +143,7 @@ def latent_pool(vae:AutoencoderKL, n:int=20000, seed:int=0, batch_size:int=256, 
             means.append(post.mean.cpu()); stds.append(post.std.cpu())
     return dict(scenes=scenes, mean=torch.cat(means), std=torch.cat(stds))
 
+# %% ../nbs/07_scene_sd.ipynb #7b56eebf
 def train_denoiser(comps:dict, pool:dict, run:RunFolder, steps:int=4000, batch_size:int=64, lr:float=3e-4, p_uncond:float=0.1,
                    ema_decay:float=0.998, seed:int=0, max_minutes:float|None=None, progress:bool=True,
                    ground_weight:float=0.0, # weight of `grounding_loss` added to the MSE (0: plain denoising, stage 2)
@@ -200,7 +201,7 @@ def object_masks(scene, # a `dsd_nb.scenes.Scene`
                  size:int # image side in pixels
                 )->torch.Tensor: # [n_objects, size, size] float32 in [0, 1] (anti-aliased coverage)
     "Each object's own mask, drawn alone at 4x and averaged down to `size` pixels (occlusion ignored)."
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1: raise DSDInputError(f"size must be a positive number of pixels; got {size!r}")
+    check(size, "size", lo=1, msg="a positive number of pixels")
     out = []
     for o in scene.objects:
         S = size * 4
@@ -310,6 +311,7 @@ def _keep_earlier(out:Path)->Path|None:
     if (out / "recipe.json").is_file() and kept.is_dir() and not kept.is_symlink(): shutil.copy2(out / "recipe.json", _free_name(kept / "recipe.json"))
     return kept
 
+# %% ../nbs/07_scene_sd.ipynb #b9f04285
 def train_scene_sd(out, # output folder
                    seed:int=0, vae_steps:int=1000, unet_steps:int=5500, pool_size:int=20000,
                    vae_batch:int=32, unet_batch:int=64, unet_lr:float=3e-4,
@@ -323,13 +325,11 @@ def train_scene_sd(out, # output folder
     "Train the scene-world Stable Diffusion from a seed into `out`; resumes from checkpoints there. An earlier `out/pipeline` (stage 3 added to a finished run) is kept as `out/pipeline-stage2`. Bad settings raise `DSDInputError`."
     check_seed(seed)
     for k, v in dict(vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch, unet_batch=unet_batch, ground_batch=ground_batch).items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise DSDInputError(f"{k} must be a positive integer; got {v!r}")
-    if pool_size > MAX_POOL_SIZE: raise DSDInputError(f"pool_size must be at most {MAX_POOL_SIZE:,} (its latents are kept in memory: about 8 KB each); got {pool_size:,}")
-    if isinstance(ground_steps, bool) or not isinstance(ground_steps, int) or ground_steps < 0: raise DSDInputError(f"ground_steps must be 0 (no stage 3) or more; got {ground_steps!r}")
-    for k, v in dict(unet_lr=unet_lr, ground_lr=ground_lr).items():
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise DSDInputError(f"{k} must be a positive finite number; got {v!r}")
-    for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items():
-        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
+        check(v, k, lo=1)
+    check(pool_size, "pool_size", hi=MAX_POOL_SIZE, msg=f"at most {MAX_POOL_SIZE:,} (its latents are kept in memory: about 8 KB each)")
+    check(ground_steps, "ground_steps", lo=0, msg="0 (no stage 3) or more")
+    for k, v in dict(unet_lr=unet_lr, ground_lr=ground_lr).items(): check(v, k, "number", above=0)
+    for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items(): check(v, k, "number", lo=0)
     check_max_minutes(max_minutes)
     if ground_steps and ground_weight == 0:
         raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
@@ -390,8 +390,8 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
     import inspect, sys
     console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
     try:
-        if threads is not None and not 1 <= threads <= 4 * (os.cpu_count() or 1):
-            raise DSDInputError(f"--threads must be from 1 to {4 * (os.cpu_count() or 1)} (this machine has {os.cpu_count()} CPUs), got {threads}")
+        most = 4 * (os.cpu_count() or 1)
+        check(threads, "--threads", lo=1, hi=most, allow_none=True, msg=f"from 1 to {most} (this machine has {os.cpu_count()} CPUs)")
         if threads: torch.set_num_threads(threads)
         p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)

@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
-from .core import DSDInputError, check_seed
+from .core import DSDInputError, check, check_seed
 from .plumbing import atomic_folder, write_atomic, make_folder
 
 # %% auto #0
@@ -26,8 +26,8 @@ def lora_config(rank:int=4, alpha:float|None=None, # alpha None means alpha = ra
                 layers:str="all", # "all" attention layers or "cross" (attn2) only
                 init:str="gaussian")->LoraConfig:
     "The peft `LoraConfig` of DSD prompt learning."
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1: raise DSDInputError(f"rank must be a positive integer; got {rank!r}")
-    if layers not in ("all", "cross"): raise DSDInputError(f"LoRA layers (lora_layers) must be 'all' or 'cross'; got {layers!r}")
+    check(rank, "rank", lo=1)
+    check(layers, "LoRA layers (lora_layers)", "choice", choices=("all", "cross"), msg="'all' or 'cross'")
     proj = "|".join(re.escape(p) for p in LORA_PROJECTIONS)
     target = rf".*attn[12]\.({proj})$" if layers == "all" else rf".*attn2\.({proj})$"
     return LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights=init, target_modules=target)
@@ -44,6 +44,7 @@ def check_lora_rank(unet, rank:int, layers:str="all")->int: # the largest rank t
                             f"features, and a LoRA's rank is at most min(in, out) features; give a rank of at most {most} (the reference uses 4)")
     return most
 
+# %% ../nbs/12b_trainables.ipynb #78d5f6ed
 def _add_adapter(unet, config, name):
     with warnings.catch_warnings():  # peft warns on every adapter after the first; several named adapters are intended here
         warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
@@ -107,13 +108,13 @@ def _soft_hook(eos_id:int):
         return torch.where(put[..., None], P[rel.clamp(0, len(P) - 1)].to(out.dtype), out)
     return hook
 
+# %% ../nbs/12b_trainables.ipynb #48b7f6d2
 def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text token (at most 75)
                     init=None # [n, D] initial vectors; None: the padding token's embedding (a no-op until trained)
                    )->torch.nn.Parameter: # the [n, D] fp32 parameter to train
     "Attach a soft prompt of `n_tokens` learnable vectors after each caption's end token; freezes the pipeline's weights."
     if not all(hasattr(pipe, a) for a in ("text_encoder", "tokenizer")): raise DSDInputError(f"add_soft_prompt needs a Stable Diffusion pipeline (see `load_pipeline`); got {type(pipe).__name__}")
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or not 1 <= n_tokens <= pipe.tokenizer.model_max_length - 2:
-        raise DSDInputError(f"n_tokens must be an integer in 1..{pipe.tokenizer.model_max_length - 2}; got {n_tokens!r}")
+    check(n_tokens, "n_tokens", lo=1, hi=pipe.tokenizer.model_max_length - 2, msg=f"an integer in 1..{pipe.tokenizer.model_max_length - 2}")
     emb = _embedding(pipe)
     if soft_prompt(pipe) is not None: raise DSDInputError("the text encoder already has a soft prompt: remove_soft_prompt(pipe) first")
     D = emb.weight.shape[1]
@@ -193,6 +194,7 @@ def reference_lora_shapes(unet, rank:int=4)->dict:
 
 def _names(keys, n=3): keys = sorted(keys); return ", ".join(keys[:n]) + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
 
+# %% ../nbs/12b_trainables.ipynb #e2313a46
 def read_reference_lora(path, unet, rank:int|None=None)->tuple: # (peft state dict, rank)
     "Read and check a reference `pytorch_model.bin` against `unet`; returns its peft-named state dict and rank."
     path = Path(path)
@@ -224,6 +226,7 @@ def read_reference_lora(path, unet, rank:int|None=None)->tuple: # (peft state di
         peft_sd[f"{m['module']}.{proj}.lora_{'A' if m['half'] == 'down' else 'B'}.weight"] = v.float()
     return peft_sd, r
 
+# %% ../nbs/12b_trainables.ipynb #eb795cfb
 def load_reference_lora(pipe, path, name:str="reference", rank:int|None=None)->int: # number of parameters loaded
     "Attach a reference-implementation LoRA checkpoint (`pytorch_model.bin`) to the UNet as adapter `name` (scale 1)."
     peft_sd, r = read_reference_lora(path, pipe.unet, rank)
