@@ -46,13 +46,14 @@ def check(value, # the value to check
     elif kind == "bool": ok = isinstance(value, bool)
     elif kind in ("int", "number"):
         ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if kind == "int" else numbers.Real)
-        ok = ok and math.isfinite(value) and (lo is None or value >= lo) and (hi is None or value <= hi) and (above is None or value > above)
+        ok = ok and math.isfinite(value) and (lo is None or value >= lo) and (hi is None or value <= hi)
+        ok = ok and (above is None or value > above)
     else: raise ValueError(f"check: unknown kind {kind!r}")
     if not ok: raise DSDInputError(f"{name} must be {msg or _wanted(kind, lo, hi, above, choices)}; got {value!r}")
     return int(value) if kind == "int" else value
 
 # %% ../nbs/00_core.ipynb #fde99640
-def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", "mps", or a `torch.device`
+def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", "mps", a `torch.device`
                   )->torch.device:
     "Turn a device name into a `torch.device`; raises `DSDInputError` for unknown or unavailable devices."
     if device is None or str(device) == "auto":
@@ -61,11 +62,13 @@ def resolve_device(device:str|torch.device|None="auto" # "auto" (CUDA when avail
     except (RuntimeError, TypeError) as e:
         raise DSDInputError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DSDInputError(f"device {device!r} asked for, but this torch build or machine has no CUDA GPU: use device 'cpu' (--device cpu on the command line)")
+        raise DSDInputError(f"device {device!r} asked for, but this torch build or machine has no CUDA GPU: "
+                            "use device 'cpu' (--device cpu on the command line)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DSDInputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise DSDInputError(f"device {device!r} asked for, but MPS is not available here: use device 'cpu' (--device cpu on the command line)")
+        raise DSDInputError(f"device {device!r} asked for, but MPS is not available here: "
+                            "use device 'cpu' (--device cpu on the command line)")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise DSDInputError(f"unsupported device type {dev.type!r}: use 'cpu', 'cuda' or 'mps'")
     return dev
@@ -95,7 +98,8 @@ def reference_timesteps(steps:int=10, # S, the reference's `--sampling_time_step
                         offset:int=10, # indices skipped at both ends of the 1000-step grid (10 in the reference)
                         num_train_timesteps:int=1000 # length of the model's training schedule
                        )->torch.Tensor: # int64 timesteps in 0..num_train_timesteps-1, ascending
-    "The reference DSD timestep grid for `S` sampling steps (method notes section 2.5): S=10 gives 89, 189, ..., 989; S=50 gives 49 timesteps; every S from 501 to 1000 gives the same 980."
+    """The reference DSD timestep grid for `S` sampling steps (method notes section 2.5): S=10 gives 89, 189, ..., 989;
+    S=50 gives 49 timesteps; every S from 501 to 1000 gives the same 980. `DSDInputError` for S outside 1..1000."""
     steps = check(steps, "steps", lo=1, hi=num_train_timesteps)
     offset = check(offset, "offset", lo=0, hi=num_train_timesteps // 2 - 1)
     idx = torch.arange(offset, num_train_timesteps - offset, num_train_timesteps // steps)
@@ -158,4 +162,5 @@ def epsilon_from_prediction(sched:DDPMScheduler, # from `noise_scheduler`
 # %% ../nbs/00_core.ipynb #6e50b57d
 def check_max_minutes(max_minutes)->float|None:
     "A time budget in minutes: None (no limit) or a number >= 0 (0: stop after the first step); raises `DSDInputError` otherwise."
-    return check(max_minutes, "max_minutes", "number", lo=0, allow_none=True, msg="a number of minutes >= 0 (0: stop after the first step; None: no limit)")
+    return check(max_minutes, "max_minutes", "number", lo=0, allow_none=True,
+                 msg="a number of minutes >= 0 (0: stop after the first step; None: no limit)")

@@ -15,7 +15,7 @@ from diffusers.image_processor import VaeImageProcessor
 from .core import DSDInputError, check
 
 # %% auto #0
-__all__ = ['MIN_IMAGE_SIDE', 'RESIZE_MODES', 'to_rgb', 'load_image', 'images_to_tensor', 'check_captions']
+__all__ = ['MIN_IMAGE_SIDE', 'RESIZE_MODES', 'IMAGE_SUFFIXES', 'to_rgb', 'load_image', 'images_to_tensor', 'check_captions']
 
 # %% ../nbs/01_inputs.ipynb #1e39d985
 MIN_IMAGE_SIDE = 8 # pixels: smaller images carry too little to score and are refused
@@ -137,3 +137,6 @@ def check_captions(captions # one caption or a list of captions
         if not isinstance(c, str): raise DSDInputError(f"caption {i + 1} is a {type(c).__name__}, not text")
         if not c.strip(): raise DSDInputError(f"caption {i + 1} is empty: every caption needs some text")
     return list(captions)
+
+# %% ../nbs/01_inputs.ipynb #f6c76453
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # formats `load_image` reads back

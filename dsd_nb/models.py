@@ -19,8 +19,8 @@ from .plumbing import atomic_folder
 
 # %% auto #0
 __all__ = ['DEFAULT_WORDS', 'SD21_UNET_CONFIG', 'SD21_VAE_CONFIG', 'SD21_TEXT_CONFIG', 'BUILTIN_MODELS', 'DEFAULT_MODEL',
-           'clip_tokenizer', 'tiny_pipeline', 'sd21_unet', 'sd21_shaped_pipeline', 'save_pipeline', 'cache_dir',
-           'builtin_model_path', 'resolve_model', 'check_pipeline', 'load_pipeline']
+           'clip_tokenizer', 'tiny_pipeline', 'sd21_unet', 'sd21_shaped_pipeline', 'save_pipeline', 'quiet_libraries',
+           'cache_dir', 'builtin_model_path', 'resolve_model', 'check_pipeline', 'load_pipeline']
 
 # %% ../nbs/02_models.ipynb #b543b304
 def _bytes_to_unicode():
@@ -150,7 +150,8 @@ def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
     "Save `pipe` in the diffusers folder layout (safetensors), writing to a temporary folder and renaming it into place."
     folder = Path(folder).expanduser()
     if folder.exists() and not overwrite: raise DSDInputError(f"'{folder}' already exists: pass overwrite=True to replace it")
-    with atomic_folder(folder) as tmp, _quiet_loading(): pipe.save_pretrained(tmp, safe_serialization=True)  # no shard-writing progress bar
+    with atomic_folder(folder) as tmp, quiet_libraries():  # no shard-writing progress bar
+        pipe.save_pretrained(tmp, safe_serialization=True)
     return folder
 
 # %% ../nbs/02_models.ipynb #1bdf0b59
@@ -159,8 +160,10 @@ import diffusers.utils.logging as _dlog
 import transformers.utils.logging as _tlog
 
 @contextmanager
-def _quiet_loading(quiet=True):
-    "Silence diffusers' and transformers' progress bars and info logs while loading, restoring them after."
+def quiet_libraries(quiet:bool=True # False: change nothing (for a caller's `progress=True`)
+                   ):
+    """Silence diffusers' and transformers' progress bars and info logs inside the `with` block (loading, saving, a console
+    command), restoring them after."""
     if not quiet: yield; return
     state = (_dlog.is_progress_bar_enabled(), _tlog.is_progress_bar_enabled(), _dlog.get_verbosity(), _tlog.get_verbosity())
     _dlog.disable_progress_bar(); _tlog.disable_progress_bar(); _dlog.set_verbosity_error(); _tlog.set_verbosity_error()
@@ -199,7 +202,7 @@ def builtin_model_path(name:str # a key of `BUILTIN_MODELS`
     if not (folder / "model_index.json").exists():
         _clear_leftovers(folder)
         built = folder.with_name(f".{folder.name}.build.{os.getpid()}")
-        with _quiet_loading(): save_pipeline(spec["builder"](**spec["kwargs"]), built, overwrite=True)
+        with quiet_libraries(): save_pipeline(spec["builder"](**spec["kwargs"]), built, overwrite=True)
         try: built.rename(folder)  # the first process to finish puts its build in place...
         except OSError:  # ...later ones keep it (another may be loading from it)
             shutil.rmtree(built, ignore_errors=True)
@@ -298,7 +301,7 @@ def load_pipeline(name_or_path:str|None=None, # built-in name ("scene-sd", "tiny
     dev = resolve_device(device); dt = resolve_dtype(dtype, dev)
     src, local_only = resolve_model(name_or_path)
     try:
-        with _quiet_loading(not progress), warnings.catch_warnings():
+        with quiet_libraries(not progress), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)  # renamed `dtype` in newer diffusers
             pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=dt, local_files_only=local_only,
                                                            safety_checker=None, requires_safety_checker=False)

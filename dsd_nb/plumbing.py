@@ -51,16 +51,19 @@ def make_folder(path, what:str="output folder")->Path:
     path = Path(path)
     if path.exists() and not path.is_dir(): raise DSDInputError(f"{what} '{path}' is a file: give a folder name")
     try: path.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise DSDInputError(f"cannot make the {what} '{path}': {e.strerror} (is part of the path a file, or a broken link?)") from None
+    except OSError as e:
+        raise DSDInputError(f"cannot make the {what} '{path}': {e.strerror} (is part of the path a file, or a broken link?)") from None
     return path
 
 # %% ../nbs/01a_plumbing.ipynb #e6159436
 def write_atomic(path, # destination file; its folder must exist
                  data:bytes|str # the whole content; str is written as UTF-8
                 )->Path: # `path`
-    "Write `data` to `path` in one step: a temporary file in the same folder is written, then renamed over `path`. Raises TypeError for other data, OSError (naming `path`) when the folder is missing or not writable."
+    """Write `data` to `path` in one step: a temporary file in the same folder is written, then renamed over `path`.
+    Raises TypeError for other data, OSError (naming `path`) when the folder is missing or not writable."""
     if isinstance(data, str): data = data.encode("utf-8")
-    elif not isinstance(data, (bytes, bytearray, memoryview)): raise TypeError(f"write_atomic writes bytes or str, not {type(data).__name__}")
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"write_atomic writes bytes or str, not {type(data).__name__}")
     path = Path(path)
     real = Path(os.path.realpath(path))  # through symbolic links: the link stays, its target gets the content
     try:
@@ -82,7 +85,9 @@ def write_atomic(path, # destination file; its folder must exist
 
 # %% ../nbs/01a_plumbing.ipynb #97d90a53
 def print_stdout(text:str)->None:
-    "Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with status 141 when the reader has closed the pipe, and one line naming the command with status 1 on any other write error (a full disk)."
+    """Print `text` and a newline to stdout; UTF-8 bytes where the terminal's encoding cannot show it; a quiet exit with
+    status 141 when the reader has closed the pipe, and one line naming the command with status 1 on any other write
+    error (a full disk)."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
     if sys.stdout is None:  # started with stdout closed (`cmd >&-`): say so instead of dropping the output
         if sys.stderr is not None: sys.stderr.write(f"{prog}: error: cannot write to standard output: it is closed\n")
@@ -113,7 +118,8 @@ class _DropWhenReaderGone:
     def __getattr__(self, name): return getattr(self._stream, name)
 
 def console_setup()->None:
-    "For console scripts: stderr output (progress bars, warnings) is dropped once its reader is gone instead of stopping the command; SIGTERM raises KeyboardInterrupt, so it cleans up like Ctrl-C."
+    """For console scripts: stderr output (progress bars, warnings) is dropped once its reader is gone instead of stopping
+    the command; SIGTERM raises KeyboardInterrupt, so it cleans up like Ctrl-C."""
     if not isinstance(sys.stderr, _DropWhenReaderGone): sys.stderr = _DropWhenReaderGone(sys.stderr)
     def stop(signum, frame): raise RuntimeError("interrupted")
     signal.signal(signal.SIGTERM, stop)

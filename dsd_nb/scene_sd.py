@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
-from .models import clip_tokenizer, _fork_seed, save_pipeline
+from .models import clip_tokenizer, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
 from .core import DSDInputError, resolve_device, check, check_seed, check_max_minutes, flag_message
 from .plumbing import print_stdout, write_atomic, console_setup, atomic_folder
@@ -43,7 +43,8 @@ def scene_sd_components(seed:int=0, # seed for the initial weights
                        )->dict: # vae, text_encoder, tokenizer, unet, scheduler
     "Freshly initialised components of the scene-world Stable Diffusion (SD layout, a few million parameters)."
     tok = clip_tokenizer(words=world_words())
-    with _fork_seed(seed):
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG state is untouched
+        torch.manual_seed(check_seed(seed))
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
                             down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                             layers_per_block=1, norm_num_groups=16, sample_size=resolution)

@@ -4,21 +4,21 @@
 
 # %% ../nbs/06_scenes.ipynb #62c5115b
 from __future__ import annotations
-import csv, io, json, math, os, random, shutil, tempfile
+import csv, io, json, math, os, random, tempfile
 from collections import Counter, deque
 from dataclasses import dataclass, replace, asdict
 from pathlib import Path
 import numpy as np
 import PIL.Image, PIL.ImageDraw
 from .core import DSDInputError, check_seed, check
-from .plumbing import write_atomic, print_stdout, atomic_folder
+from .plumbing import write_atomic, atomic_folder
+from .inputs import IMAGE_SUFFIXES
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'RELATIONS', 'INVERSE', 'BACKGROUND', 'NEG_KINDS', 'HELD_OUT_PAIRS', 'SPLITS',
-           'COMVG_COLUMNS', 'MAX_INDEX', 'IMAGE_SUFFIXES', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true',
-           'draw_shape', 'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed',
-           'sample_examples', 'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example',
-           'dsd_scene']
+           'COMVG_COLUMNS', 'MAX_INDEX', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true', 'draw_shape',
+           'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed', 'sample_examples',
+           'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example', 'write_scene_example']
 
 # %% ../nbs/06_scenes.ipynb #2a26c82d
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
@@ -354,8 +354,6 @@ def detect(image, # a PIL image (or path) of this world
     return sorted(out, key=lambda d: -d.area)
 
 # %% ../nbs/06_scenes.ipynb #bd5c06fa
-from fastcore.script import call_parse, Param
-
 MAX_INDEX = 100_000 # examples are drawn in sequence: index i costs i draws
 
 def scene_example(split:str="test", index:int=0, seed:int=0)->tuple: # (scene, true caption, [(kind, negative caption)])
@@ -366,48 +364,49 @@ def scene_example(split:str="test", index:int=0, seed:int=0)->tuple: # (scene, t
     negs = [(k, negative(cap, scene, k, rng)) for k in NEG_KINDS]
     return scene, cap, [(k, c) for k, c in negs if c is not None]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # formats `dsd-score` reads back
-
+# %% ../nbs/06_scenes.ipynb #cadf5a9c
 def _check_out_file(path, flag, example):
     p = Path(path)
     if str(path).endswith(("/", os.sep)): raise DSDInputError(f"{flag} {path} ends in '/': give a file name such as {example}")
     if p.is_dir(): raise DSDInputError(f"{flag} {path} is a folder: give a file name such as {example}")
     if not p.parent.is_dir(): raise DSDInputError(f"{flag} {path}: folder '{p.parent}' does not exist; create it first")
 
-@call_parse
-def dsd_scene(split:Param("split: " + ", ".join(SPLITS), str, choices=SPLITS)="test",
-              index:Param("which example of the split", int)=0,
-              seed:Param("seed of the split", int)=0,
-              size:Param("image side in pixels", int)=64,
-              out:Param("where to write the PNG", str)="scene.png",
-              captions_out:Param("also write the captions (true first) to this file", str)=None):
-    "Render a scene-world example and print its true caption and hard negatives."
-    import sys
-    try:
-        check_seed(seed)  # the same seeds as dsd-score and dsd-train
-        if captions_out is not None and not captions_out.strip(): raise DSDInputError("--captions_out is empty: give a file name such as captions.txt, or leave it out")
-        scene, cap, negs = scene_example(split, index, seed)
-        _check_out_file(out, "--out", "scene.png")
-        fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
-        if Path(out).suffix.lower() not in IMAGE_SUFFIXES or fmt not in PIL.Image.SAVE:
-            raise DSDInputError(f"--out {out}: give an image file name ending in {', '.join(IMAGE_SUFFIXES)} (the extension picks the format)")
-        if captions_out:
-            _check_out_file(captions_out, "--captions_out", "captions.txt")
-            if Path(captions_out).resolve() == Path(out).resolve():
-                raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
-        buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
-        lines = [cap.text()] + [c.text() for _, c in negs]
-        target = Path(os.path.realpath(out))  # what --out names, through links (write_atomic writes there)
-        had = os.path.lexists(target)
-        try: before = target.read_bytes() if target.is_file() else None  # what it held, put back if the captions fail
-        except OSError: before = None  # unreadable (write-only): it cannot be put back, but it is not removed either
-        write_atomic(out, buf.getvalue())  # the image first: a failure to write it leaves an existing captions file as it was
-        if captions_out:
-            try: write_atomic(captions_out, "\n".join(lines) + "\n")
-            except OSError:  # all or nothing: no new image beside a missing captions file
-                if before is not None: write_atomic(out, before)
-                elif not had and target.is_file(): target.unlink()  # only a file this call made (never a link, pipe or device)
-                raise
-    except (DSDInputError, OSError, ValueError) as e:
-        sys.stderr.write(f"dsd-scene: error: {e}\n"); sys.exit(2)
-    print_stdout(f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})\n" + "\n".join(lines))
+def _scene_format(out, captions_out)->str:
+    "The PIL format `out`'s extension names, after checking both file names (before anything is rendered)."
+    if captions_out is not None and not captions_out.strip():
+        raise DSDInputError("--captions_out is empty: give a file name such as captions.txt, or leave it out")
+    _check_out_file(out, "--out", "scene.png")
+    fmt = PIL.Image.registered_extensions().get(Path(out).suffix.lower())
+    if Path(out).suffix.lower() not in IMAGE_SUFFIXES or fmt not in PIL.Image.SAVE:
+        raise DSDInputError(f"--out {out}: give an image file name ending in {', '.join(IMAGE_SUFFIXES)} (the extension picks the format)")
+    if captions_out:
+        _check_out_file(captions_out, "--captions_out", "captions.txt")
+        if Path(captions_out).resolve() == Path(out).resolve():
+            raise DSDInputError(f"--captions_out and --out are both {out}: the image would overwrite the captions; give two file names")
+    return fmt
+
+def write_scene_example(out:str="scene.png", # the image file; its extension (one of `IMAGE_SUFFIXES`) picks the format
+                        split:str="test", index:int=0, seed:int=0, # which example (see `scene_example`)
+                        size:int=64, # image side in pixels
+                        captions_out:str|None=None # also write the captions (true first, one per line) to this file
+                       )->str: # what `dsd-scene` prints: a heading line, then the captions
+    """Render an example to `out` and, with `captions_out`, its captions: both files or neither (an image that was at `out`
+    is put back when the captions cannot be written). `DSDInputError` for bad settings or file names; `OSError`
+    naming the file when one cannot be written."""
+    check_seed(seed)  # the same seeds as dsd-score and dsd-train
+    fmt = _scene_format(out, captions_out)
+    scene, cap, negs = scene_example(split, index, seed)
+    buf = io.BytesIO(); render(scene, size).save(buf, format=fmt)
+    lines = [cap.text()] + [c.text() for _, c in negs]
+    target = Path(os.path.realpath(out))  # what `out` names, through links (write_atomic writes there)
+    had = os.path.lexists(target)
+    try: before = target.read_bytes() if target.is_file() else None  # what it held, put back if the captions fail
+    except OSError: before = None  # unreadable (write-only): it cannot be put back, but it is not removed either
+    write_atomic(out, buf.getvalue())  # the image first: a failure to write it leaves an existing captions file as it was
+    if captions_out:
+        try: write_atomic(captions_out, "\n".join(lines) + "\n")
+        except OSError:  # all or nothing: no new image beside a missing captions file
+            if before is not None: write_atomic(out, before)
+            elif not had and target.is_file(): target.unlink()  # only a file this call made (never a link, pipe or device)
+            raise
+    return f"# {out}: true caption first, then one hard negative of each kind ({', '.join(k for k, _ in negs)})\n" + "\n".join(lines)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from dsd_nb.core import DSDInputError
-from dsd_nb.models import tiny_pipeline, _quiet_loading
+from dsd_nb.models import tiny_pipeline, quiet_libraries
 from dsd_nb.scoring import DSDScorer
 from dsd_nb.examples import RankingExample, scene_ranking_examples, few_shot
 from dsd_nb.trainables import (lora_config, add_lora, lora_parameters, use_adapter, save_adapter, reference_lora_shapes, read_reference_lora,
@@ -221,7 +221,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, shots):
     assert "val_accuracy" in log1.columns and log1.val_accuracy.notna().sum() == 2
     # the final adapter is in the diffusers layout and loads into a stock pipeline
     fresh = tiny_pipeline(seed=0)
-    with _quiet_loading(): fresh.load_lora_weights(str(tmp_path / "a" / "adapter"), adapter_name="x")
+    with quiet_libraries(): fresh.load_lora_weights(str(tmp_path / "a" / "adapter"), adapter_name="x")
     for a, b in zip(lora_parameters(p1.unet), lora_parameters(fresh.unet, "x")): assert torch.equal(a, b)
     metrics = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("step,loss,train_acc") and len(metrics) == cfg.steps + 1
@@ -340,7 +340,7 @@ def test_adapter_alpha_survives_stock_loading(tmp_path, fresh_pipe, shots):
     save_adapter(fresh_pipe, tmp_path / "ad", "a")
     assert (tmp_path / "ad" / "pytorch_lora_weights.safetensors").exists()
     other = tiny_pipeline(seed=0)
-    with _quiet_loading(): other.load_lora_weights(str(tmp_path / "ad"), adapter_name="a")
+    with quiet_libraries(): other.load_lora_weights(str(tmp_path / "ad"), adapter_name="a")
     assert other.unet.peft_config["a"].lora_alpha == 8.0 and other.unet.peft_config["a"].r == 2
     s1 = DSDScorer(fresh_pipe, steps=2).score(shots[0].images, shots[0].captions)
     s2 = DSDScorer(other, steps=2).score(shots[0].images, shots[0].captions)

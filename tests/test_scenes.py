@@ -96,56 +96,6 @@ def test_scene_example_and_command(tmp_path, monkeypatch):
     with pytest.raises(DSDInputError): scene_example("test", -1)
 
 
-def test_dsd_scene_command_files(tmp_path):
-    import os, subprocess, sys, shutil
-    from pathlib import Path
-    exe = Path(sys.executable).parent / "dsd-scene"
-    exe = str(exe) if exe.exists() else shutil.which("dsd-scene")
-    run = lambda *a: subprocess.run([exe, *map(str, a)], capture_output=True, text=True, timeout=300)
-    r = run("--index", "2", "--out", tmp_path / "s.png", "--captions_out", tmp_path / "c.txt")
-    assert r.returncode == 0, r.stderr
-    caps = (tmp_path / "c.txt").read_text().splitlines()
-    assert r.stdout.splitlines()[1:] == caps and len(caps) == 6
-    import PIL.Image
-    assert PIL.Image.open(tmp_path / "s.png").format == "PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "s.png"]  # no temporary files left
-    (tmp_path / "d").mkdir()
-    for args, msg in (((tmp_path / "s.png", "--captions_out", tmp_path / "s.png"), "would overwrite the captions"),
-                      ((tmp_path / "no" / "s.png",), "does not exist; create it first"),
-                      ((tmp_path / "s.txt",), "ending in .png, .jpg"),
-                      ((tmp_path / "d",), "is a folder"),
-                      ((tmp_path / "t.png", "--captions_out", tmp_path / "d"), "is a folder")):
-        r = run("--out", *args)
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
-    assert (tmp_path / "c.txt").read_text().splitlines() == caps and not (tmp_path / "t.png").exists()
-    for bad, msg in (("x.xpm", "ending in .png, .jpg"), ("x.eps", "ending in .png, .jpg"), ("x.pbm", "ending in .png, .jpg"),
-                     ("x.png/", "ends in '/'")):  # formats Pillow cannot write, or that dsd-score cannot read back; a folder-like name
-        r = run("--out", f"{tmp_path}/{bad}")  # (a Path would drop the trailing '/')
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not list(tmp_path.glob("x.*"))
-    for args, msg in ((("--seed", "-1"), "seed must be an integer from 0"), (("--captions_out", ""), "--captions_out is empty")):
-        r = run("--out", tmp_path / "y.png", *args)
-        assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "y.png").exists(), r.stderr
-    if os.path.isdir("/proc"):  # a folder no one can create files in, root included
-        r = run("--out", "/proc/s.png", "--captions_out", tmp_path / "c.txt")
-        assert r.returncode == 2 and "cannot write '/proc/s.png'" in r.stderr and ".tmp" not in r.stderr, r.stderr
-        assert (tmp_path / "c.txt").read_text().splitlines() == caps  # the image failed first: the captions file is untouched
-    r = run("--out", tmp_path / "s.png", "--captions_out", os.devnull)
-    assert r.returncode == 0 and not os.path.isfile(os.devnull)
-    if os.path.exists("/dev/full"):  # the captions fail after the image is written: all or nothing
-        r = run("--out", tmp_path / "z.png", "--captions_out", "/dev/full")
-        assert r.returncode == 2 and "cannot write '/dev/full'" in r.stderr and not (tmp_path / "z.png").exists(), r.stderr
-        old_png = (tmp_path / "s.png").read_bytes()
-        r = run("--index", "5", "--out", tmp_path / "s.png", "--captions_out", "/dev/full")
-        assert r.returncode == 2 and (tmp_path / "s.png").read_bytes() == old_png  # an image that was there is put back
-        link = tmp_path / "nul.png"; link.symlink_to(os.devnull)  # a link to a device: kept, and the device too
-        r = run("--out", link, "--captions_out", "/dev/full")
-        assert r.returncode == 2 and link.is_symlink() and os.path.exists(os.devnull) and not os.path.isfile(os.devnull), r.stderr
-        dangling = tmp_path / "d.png"; dangling.symlink_to(tmp_path / "target.png")  # the file made through the link goes, the link stays
-        r = run("--out", dangling, "--captions_out", "/dev/full")
-        assert r.returncode == 2 and dangling.is_symlink() and not (tmp_path / "target.png").exists(), r.stderr
-
-
 def test_scene_example_and_render_bounds():
     from dsd_nb.scenes import scene_example, render, MAX_INDEX
     from dsd_nb.core import DSDInputError
