@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import pandas as pd
 from tqdm.auto import tqdm
 from .core import DSDInputError, check, check_seed, check_max_minutes, flag_message
-from .plumbing import print_stdout, console_setup
+from .plumbing import print_stdout, console_setup, write_atomic
 from .attention import AttentionCapture
 from .inputs import load_image
 from .scoring import DSDScorer, MODES, encode_captions
@@ -288,7 +288,6 @@ def _validation(val_scorers, val, c:PromptConfig, unet, tr:Trainable, step:int, 
 
 def _write_metrics(log:list, out:Path|None)->pd.DataFrame:
     "The metrics log as a table (step, loss, train_acc, then validation), written atomically to `out`/metrics.csv when `out` is given."
-    from dsd_nb.plumbing import write_atomic
     df = pd.DataFrame(log)
     df = df[[k for k in ("step", "loss", "train_acc") if k in df] + [k for k in df if k not in ("step", "loss", "train_acc")]]
     if out is not None: write_atomic(out / "metrics.csv", df.to_csv(index=False))
