@@ -22,7 +22,8 @@ class RankingExample:
     def __post_init__(self):
         ni, nc = len(self.images), len(self.captions)
         if not ((ni == 1 and nc >= 2) or (nc == 1 and ni >= 2)):
-            raise DSDInputError(f"a ranking example needs 1 image and >= 2 captions, or 1 caption and >= 2 images; got {ni} images, {nc} captions")
+            raise DSDInputError(f"a ranking example needs 1 image and >= 2 captions, or 1 caption and >= 2 images; got {ni} images, {nc} "
+                                f"captions")
         if self.kinds and len(self.kinds) != self.n_candidates - 1:
             raise DSDInputError(f"kinds names {len(self.kinds)} negatives but the example has {self.n_candidates - 1}")
     @property

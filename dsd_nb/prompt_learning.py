@@ -58,8 +58,10 @@ class PromptConfig:
         "Check every setting once (`DSDInputError` naming it); `val_seeds` becomes a list (config.json round-trips it)."
         for k in ("steps", "batch_size", "grad_accum", "n_draws", "rank", "soft_tokens", "ckpt_every", "val_every", "val_draws", "chunk_size"):
             check(getattr(self, k), k, lo=1)
-        if self.batch_size % self.grad_accum: raise DSDInputError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
-        check(self.soft_tokens, "soft_tokens", hi=75, msg="at most 75 (a caption and its start and end tokens need the rest of the 77 positions)")
+        if self.batch_size % self.grad_accum: raise DSDInputError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum "
+                                                                  f"({self.grad_accum})")
+        check(self.soft_tokens, "soft_tokens", hi=75, msg="at most 75 (a caption and its start and end tokens need the rest of the 77 "
+                                                          "positions)")
         check(self.val_steps, "val_steps", lo=1, hi=1000, allow_none=True,
               msg="a positive integer of at most 1000 (the validation grid's timesteps), or None (left out) for random validation draws")
         if self.val_seeds is not None:
@@ -214,7 +216,8 @@ def _open_run(pipe, tr:Trainable, train, val, out, c:PromptConfig, overwrite, ma
     if out is None: return None
     saved = f", which the run saved in {Path(out) / 'frozen'}," if (Path(out) / "frozen").is_dir() else ""
     hint = ("other frozen parts attached (a soft prompt's token count and a fingerprint of its values, or the active UNet adapters "
-            f"and theirs): attach the same ones{saved} (the soft prompt with load_soft_prompt; adapters with load_lora_weights and use_adapter)")
+            f"and theirs): attach the same ones{saved} (the soft prompt with load_soft_prompt; adapters with load_lora_weights and "
+            f"use_adapter)")
     return RunFolder(out, {**asdict(c), "run": run_info or {}, "frozen": tr.frozen()}, "dsd-train", overwrite, RUN_WRITES,
                      free=UNUSED[c.method], hints={"frozen": hint})
 
@@ -376,13 +379,16 @@ def training_examples(dataset:str="scene", # "scene" (the scene world) or the pa
                       seed:int=0)->tuple: # (train, val or None): lists of `RankingExample`
     "The shots of a `dsd-train` run (their image files checked) and its validation examples."
     if isinstance(shots, int):
-        check(shots, "shots", lo=1, hi=MAX_SHOTS, msg=f"1 to {MAX_SHOTS} examples (few-shot learning; the pool is drawn first) or a fraction in (0, 1]")
-    if images_dir is not None and dataset == "scene": raise DSDInputError("images_dir is the images folder of a ComVG CSV dataset; the scene world renders its own")
+        check(shots, "shots", lo=1, hi=MAX_SHOTS, msg=f"1 to {MAX_SHOTS} examples (few-shot learning; the pool is drawn first) or a "
+                                                      f"fraction in (0, 1]")
+    if images_dir is not None and dataset == "scene": raise DSDInputError("images_dir is the images folder of a ComVG CSV dataset; the "
+                                                                          "scene world renders its own")
     check(val_n, "val_n", lo=0, hi=MAX_VAL_N, msg=f"0 (no validation) to {MAX_VAL_N}")
     if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, shots if isinstance(shots, int) else 0), seed=0, direction=direction)
     else: pool = comvg_ranking_examples(dataset, images_dir)
     if isinstance(shots, int) and shots > len(pool):
-        raise DSDInputError(f"shots {shots} is more than the {len(pool)} examples in {dataset}: give at most {len(pool)}, or a fraction like 0.5")
+        raise DSDInputError(f"shots {shots} is more than the {len(pool)} examples in {dataset}: give at most {len(pool)}, or a fraction "
+                            f"like 0.5")
     train, bad = few_shot(pool, shots, seed), []
     for p in sorted({str(p) for e in train for p in e.images if isinstance(p, (str, Path))}):  # opened now, not at the first batch
         try: load_image(p)
@@ -449,7 +455,8 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
               overwrite:Param("replace a finished run in --out (or an unfinished one of other settings)", store_true)=False,
               keep_best:Param("end with the adapter of the best validation (step 0 = zero-shot included)", store_true)=False,
               val_steps:Param("validate on the fixed DSD grid of this many timesteps (the evaluation protocol) instead of random draws", int)=None,
-              val_seeds:Param("seeds the validation averages over, comma-separated like 0,1,2 (default: --seed): noise banks with --val_steps, else the seeds of its random draws", str)=None,
+              val_seeds:Param("seeds the validation averages over, comma-separated like 0,1,2 (default: --seed): noise banks with "
+                              "--val_steps, else the seeds of its random draws", str)=None,
               max_minutes:Param("stop after a checkpoint when this call has run this long", float)=None):
     "Few-shot prompt learning: train a LoRA adapter (or a soft prompt) with a ranking loss on DSD scores (resumable)."
     console_setup()  # progress bars stop, not the run, when stderr's reader goes away; SIGTERM cleans up like Ctrl-C
@@ -463,7 +470,8 @@ def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ 
         if keep_best and (val_n == 0 or dataset != "scene"):
             raise DSDInputError("--keep_best needs validation examples: use --val_n > 0 with --dataset scene "
                                 "(a ComVG-layout --dataset has no validation split here)")
-        if batch_size % max(grad_accum, 1): raise DSDInputError(f"--batch_size ({batch_size}) must be a multiple of --grad_accum ({grad_accum})")
+        if batch_size % max(grad_accum, 1): raise DSDInputError(f"--batch_size ({batch_size}) must be a multiple of --grad_accum "
+                                                                f"({grad_accum})")
         check_max_minutes(max_minutes)
         cfg = PromptConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, loss=loss,
                            margin=margin, n_draws=draws, method=method, soft_tokens=soft_tokens, rank=rank, alpha=alpha, lora_layers=lora_layers,

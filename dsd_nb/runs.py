@@ -53,7 +53,8 @@ def _decide(self, overwrite, free, hints)->str:
     rec, _ = read_record(done)
     self.done = rec if isinstance(rec, dict) and rec.get("kind") == kind else None
     if done.exists() and self.done is None:
-        raise DSDInputError(f"{done} is not the record of a finished {kind} run: choose another folder, so that nothing of yours is replaced")
+        raise DSDInputError(f"{done} is not the record of a finished {kind} run: choose another folder, so that nothing of yours is "
+                            f"replaced")
     old, why = read_record(cfg)
     if not (cfg.exists() or cfg.is_symlink()):
         if self.done is not None or any((out / w).exists() for w in self.writes):
@@ -64,7 +65,8 @@ def _decide(self, overwrite, free, hints)->str:
         why = why or "it does not hold the settings of this run"
         if not self.ck.is_dir(): raise DSDInputError(f"{cfg} is not the settings of a {kind} run ({why}): choose another folder, "
                                                      "so that nothing of yours is replaced")
-        if not overwrite: raise DSDInputError(f"{cfg} is damaged ({why}): pass overwrite=True (--overwrite) to start over, or use another folder")
+        if not overwrite: raise DSDInputError(f"{cfg} is damaged ({why}): pass overwrite=True (--overwrite) to start over, or use "
+                                              f"another folder")
         return self.clear()
     if self.done is not None and overwrite is not None:
         if overwrite: return self.clear()
@@ -72,10 +74,11 @@ def _decide(self, overwrite, free, hints)->str:
     diff = {k: (old[k], v) for k, v in self.settings.items() if k not in free and old[k] != v}
     if diff and overwrite: return self.clear()
     if diff:
+        ways = "run it with its own settings" + ("" if self.done else " to resume it")
+        ways += (", pass overwrite=True (--overwrite) to replace it" if overwrite is not None else "") + ", or use another output folder"
         raise DSDInputError(f"the output folder {out} holds {'a finished' if self.done else 'an unfinished'} run with other settings ("
                             + "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items()) + "): "
-                            + "".join(hints[k] + "; " for k in diff if k in hints) + "run it with its own settings" + ("" if self.done else " to resume it")
-                            + (", pass overwrite=True (--overwrite) to replace it" if overwrite is not None else "") + ", or use another output folder")
+                            + "".join(hints[k] + "; " for k in diff if k in hints) + ways)
     return "finished" if self.done is not None else "resume" if self.ck.is_dir() else "new"
 
 # %% ../nbs/06a_runs.ipynb #4f32c5c3

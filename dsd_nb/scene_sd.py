@@ -217,7 +217,8 @@ def word_owners(caption, # a `dsd_nb.scenes.Caption` (subject = scene object 0, 
     "The tokens of `caption` that name an object (size, colour and shape words) and which object each names."
     words, text = caption.text().split(), caption.text()
     n_ids = len(tokenizer(text).input_ids)
-    if n_ids != len(words) + 2: raise DSDInputError(f"the tokenizer does not give one token per word for {text!r} ({n_ids - 2} tokens, {len(words)} words)")
+    if n_ids != len(words) + 2: raise DSDInputError(f"the tokenizer does not give one token per word for {text!r} ({n_ids - 2} tokens, "
+                                                    f"{len(words)} words)")
     phrases = [caption.subject.text().split()] + ([caption.object.text().split()] if caption.object else [])
     out, i = [], 0
     for obj, ph in enumerate(phrases):
@@ -233,11 +234,14 @@ def mask_shares(P:torch.Tensor, # [B, heads, Q, T] attention probabilities of on
                )->torch.Tensor: # [B, heads, W, n_objects] fp32: share of each token's attention mass inside each object's mask
     "Per token and object, the share of the token's attention mass (summed over the layer's pixels) that falls inside the object's mask, pooled to the layer's grid."
     if P.ndim != 4 or masks.ndim != 4 or pos.ndim != 2:
-        raise DSDInputError(f"mask_shares needs P [B, heads, Q, T], pos [B, W] and masks [B, n_objects, H, W]; got {tuple(P.shape)}, {tuple(pos.shape)}, {tuple(masks.shape)}")
+        raise DSDInputError(f"mask_shares needs P [B, heads, Q, T], pos [B, W] and masks [B, n_objects, H, W]; got {tuple(P.shape)}, "
+                            f"{tuple(pos.shape)}, {tuple(masks.shape)}")
     B, H, Q, T = P.shape
-    if pos.shape[0] != B or masks.shape[0] != B: raise DSDInputError(f"P, pos and masks need the same batch size; got {B}, {pos.shape[0]}, {masks.shape[0]}")
+    if pos.shape[0] != B or masks.shape[0] != B: raise DSDInputError(f"P, pos and masks need the same batch size; got {B}, "
+                                                                     f"{pos.shape[0]}, {masks.shape[0]}")
     if pos.dtype not in (torch.int32, torch.int64) or pos.numel() and (pos.min() < 0 or pos.max() >= T):
-        raise DSDInputError(f"pos must hold integer token positions in 0..{T - 1}; got {pos.dtype} in {pos.min().item() if pos.numel() else '-'}..{pos.max().item() if pos.numel() else '-'}")
+        raise DSDInputError(f"pos must hold integer token positions in 0..{T - 1}; got {pos.dtype} in "
+                            f"{pos.min().item() if pos.numel() else '-'}..{pos.max().item() if pos.numel() else '-'}")
     hw = masks.shape[-2:]
     g = (round(math.sqrt(Q * hw[0] / hw[1])), round(math.sqrt(Q * hw[1] / hw[0])))
     if g[0] * g[1] != Q: raise DSDInputError(f"cannot lay {Q} query pixels on a grid with the masks' aspect {tuple(hw)}")
@@ -333,7 +337,8 @@ def train_scene_sd(out, # output folder
     for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items(): check(v, k, "number", lo=0)
     check_max_minutes(max_minutes)
     if ground_steps and ground_weight == 0:
-        raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
+        raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the "
+                            "recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
     dev = resolve_device(device)
     settings = dict(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch,
                     unet_batch=unet_batch, unet_lr=unet_lr, ground_steps=ground_steps, ground_batch=ground_batch,

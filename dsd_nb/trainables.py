@@ -37,11 +37,14 @@ def check_lora_rank(unet, rank:int, layers:str="all")->int: # the largest rank t
     pat = re.compile(lora_config(1, None, layers).target_modules)
     sizes = {n: min(m.in_features, m.out_features) for n, m in unet.named_modules()  # nn.Linear, or a peft layer wrapping one
              if pat.fullmatch(n) and isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)}
-    if not sizes: raise DSDInputError(f"this UNet has no attention projections ({', '.join(LORA_PROJECTIONS)}) for a LoRA on lora_layers {layers!r}")
+    if not sizes: raise DSDInputError(f"this UNet has no attention projections ({', '.join(LORA_PROJECTIONS)}) for a LoRA on lora_layers "
+                                      f"{layers!r}")
     most = min(sizes.values())
     if rank > most:
-        raise DSDInputError(f"rank {rank} is more than this UNet allows: its smallest adapted projection ({min(sizes, key=sizes.get)}) has {most} "
-                            f"features, and a LoRA's rank is at most min(in, out) features; give a rank of at most {most} (the reference uses 4)")
+        raise DSDInputError(f"rank {rank} is more than this UNet allows: its smallest adapted projection ({min(sizes, key=sizes.get)}) "
+                            f"has {most} "
+                            f"features, and a LoRA's rank is at most min(in, out) features; give a rank of at most {most} (the reference "
+                            f"uses 4)")
     return most
 
 # %% ../nbs/12b_trainables.ipynb #78d5f6ed
@@ -113,14 +116,17 @@ def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text
                     init=None # [n, D] initial vectors; None: the padding token's embedding (a no-op until trained)
                    )->torch.nn.Parameter: # the [n, D] fp32 parameter to train
     "Attach a soft prompt of `n_tokens` learnable vectors after each caption's end token; freezes the pipeline's weights."
-    if not all(hasattr(pipe, a) for a in ("text_encoder", "tokenizer")): raise DSDInputError(f"add_soft_prompt needs a Stable Diffusion pipeline (see `load_pipeline`); got {type(pipe).__name__}")
+    if not all(hasattr(pipe, a) for a in ("text_encoder", "tokenizer")): raise DSDInputError(f"add_soft_prompt needs a Stable Diffusion "
+                                                                                             f"pipeline (see `load_pipeline`); got "
+                                                                                             f"{type(pipe).__name__}")
     check(n_tokens, "n_tokens", lo=1, hi=pipe.tokenizer.model_max_length - 2, msg=f"an integer in 1..{pipe.tokenizer.model_max_length - 2}")
     emb = _embedding(pipe)
     if soft_prompt(pipe) is not None: raise DSDInputError("the text encoder already has a soft prompt: remove_soft_prompt(pipe) first")
     D = emb.weight.shape[1]
     if init is None: init = emb.weight.detach()[pipe.tokenizer.pad_token_id].float().cpu().repeat(n_tokens, 1)
     try: init = torch.as_tensor(init, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError) as e: raise DSDInputError(f"init must be a [n_tokens, D] tensor of numbers; got {type(init).__name__}") from None
+    except (TypeError, ValueError, RuntimeError) as e: raise DSDInputError(f"init must be a [n_tokens, D] tensor of numbers; got "
+                                                                           f"{type(init).__name__}") from None
     if tuple(init.shape) != (n_tokens, D):
         raise DSDInputError(f"a soft prompt for this text encoder is [n_tokens, {D}] = [{n_tokens}, {D}]; got {list(init.shape)}")
     if not torch.isfinite(init).all(): raise DSDInputError("the soft prompt's initial vectors hold NaN or infinite values")
@@ -158,10 +164,12 @@ def load_soft_prompt(pipe, path)->torch.nn.Parameter:
     try: sd = load_file(path)
     except Exception as e: raise DSDInputError(f"{path} is not a safetensors file: {type(e).__name__}: {e}") from e
     if set(sd) != {"soft_prompt"} or sd["soft_prompt"].ndim != 2:
-        raise DSDInputError(f"{path} is not a dsd_nb soft prompt (one [n, D] tensor named 'soft_prompt'); it holds {', '.join(sorted(sd)[:3]) or 'no tensors'}")
+        raise DSDInputError(f"{path} is not a dsd_nb soft prompt (one [n, D] tensor named 'soft_prompt'); it holds "
+                            f"{', '.join(sorted(sd)[:3]) or 'no tensors'}")
     P = sd["soft_prompt"]
     D = _embedding(pipe).weight.shape[1]
-    if P.shape[1] != D: raise DSDInputError(f"{path} holds {P.shape[1]}-wide vectors but this text encoder embeds in {D} (another base model?)")
+    if P.shape[1] != D: raise DSDInputError(f"{path} holds {P.shape[1]}-wide vectors but this text encoder embeds in {D} (another base "
+                                            f"model?)")
     try: return add_soft_prompt(pipe, P.shape[0], init=P)
     except DSDInputError as e: raise DSDInputError(f"{path}: {e}") from None
 
@@ -201,7 +209,8 @@ def read_reference_lora(path, unet, rank:int|None=None)->tuple: # (peft state di
     if path.is_dir(): path = path / "pytorch_model.bin"
     if not path.is_file(): raise DSDInputError(f"reference LoRA checkpoint not found: {path}")
     try: sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise DSDInputError(f"{path} is not a loadable weights-only torch checkpoint: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    except Exception as e: raise DSDInputError(f"{path} is not a loadable weights-only torch checkpoint: {type(e).__name__}: "
+                                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise DSDInputError(f"{path} does not hold a flat dict of tensors (a reference LoRA checkpoint)")
     if not sd: raise DSDInputError(f"{path} holds no tensors: it is not a reference LoRA checkpoint")
@@ -297,7 +306,8 @@ class SoftPrompt(Trainable):
             raise DSDInputError(f"soft_tokens must be at most {pipe.tokenizer.model_max_length - 2} for this text encoder; got {n_tokens}")
         super().__init__(pipe); self.n_tokens = n_tokens
     def attach(self, num_processes=1):
-        if num_processes > 1: raise DSDInputError("soft prompts train in one process: run without `accelerate launch` (or use method 'lora')")
+        if num_processes > 1: raise DSDInputError("soft prompts train in one process: run without `accelerate launch` (or use method "
+                                                  "'lora')")
         add_soft_prompt(self.pipe, self.n_tokens); return self
     def parameters(self): return [soft_prompt(self.pipe)]
     def state(self): return {"soft_prompt": soft_prompt(self.pipe).detach().float().cpu().clone()}
