@@ -4,25 +4,25 @@
 
 # %% ../nbs/07_scene_sd.ipynb #04bb651f
 from __future__ import annotations
-import copy, csv, io, json, math, os, random, shutil, sys, tempfile, time
+import copy, csv, io, json, math, os, random, shutil, sys, time
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
-from .models import clip_tokenizer, _fork_seed, save_pipeline
+from .models import clip_tokenizer, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, check_seed, check_max_minutes, flag_message
-from .plumbing import print_stdout, write_atomic, console_setup, make_folder
+from .core import DSDInputError, resolve_device, check, check_seed, check_max_minutes, flag_message
+from .plumbing import print_stdout, write_atomic, console_setup, atomic_folder
+from .runs import RunFolder, has_checkpoint
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,
                            split_allowed, _TEMPLATES1, _TEMPLATES2)
 
 # %% auto #0
-__all__ = ['SCENE_SD', 'GROUND', 'MAX_POOL_SIZE', 'world_words', 'scene_sd_components', 'Checkpointer', 'train_loop',
+__all__ = ['SCENE_SD', 'GROUND', 'SCENE_WRITES', 'MAX_POOL_SIZE', 'world_words', 'scene_sd_components', 'train_loop',
            'scene_batch', 'train_vae', 'latent_pool', 'train_denoiser', 'object_masks', 'word_owners', 'mask_shares',
            'grounding_loss', 'assemble_pipeline', 'train_scene_sd', 'dsd_train_scene_sd']
 
@@ -43,7 +43,8 @@ def scene_sd_components(seed:int=0, # seed for the initial weights
                        )->dict: # vae, text_encoder, tokenizer, unet, scheduler
     "Freshly initialised components of the scene-world Stable Diffusion (SD layout, a few million parameters)."
     tok = clip_tokenizer(words=world_words())
-    with _fork_seed(seed):
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG state is untouched
+        torch.manual_seed(check_seed(seed))
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
                             down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                             layers_per_block=1, norm_num_groups=16, sample_size=resolution)
@@ -62,47 +63,27 @@ def scene_sd_components(seed:int=0, # seed for the initial weights
     return dict(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched)
 
 # %% ../nbs/07_scene_sd.ipynb #e964632c
-class Checkpointer:
-    "Atomic save and resume of modules, optimizer, step and loss log in `folder/last`."
-    def __init__(self, folder): self.folder = Path(folder); self.folder.mkdir(parents=True, exist_ok=True)
-    @property
-    def last(self): return self.folder / "last"
-
-    def save(self, step:int, modules:dict, optimizer, log:list):
-        tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=self.folder))
-        for name, m in modules.items(): save_file({k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}, tmp / f"{name}.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(dict(step=step, log=log)))
-        old = self.folder / f".old.{os.getpid()}"
-        if self.last.exists(): self.last.rename(old)
-        tmp.rename(self.last)
-        if old.exists(): shutil.rmtree(old)
-        buf = io.StringIO(); w = csv.writer(buf); w.writerow(["step", "loss", "seconds"]); w.writerows(log)
-        write_atomic(self.folder / "log.csv", buf.getvalue())
-
-    def load(self, modules:dict, optimizer)->tuple: # (step, log); (0, []) when there is no checkpoint
-        if not (self.last / "state.json").exists(): return 0, []
-        for name, m in modules.items(): m.load_state_dict(load_file(self.last / f"{name}.safetensors"))
-        optimizer.load_state_dict(torch.load(self.last / "optimizer.pt", weights_only=True))
-        st = json.loads((self.last / "state.json").read_text())
-        return st["step"], [tuple(r) for r in st["log"]]
+def _loss_csv(log:list)->str:
+    buf = io.StringIO(); w = csv.writer(buf); w.writerow(["step", "loss", "seconds"]); w.writerows(log)
+    return buf.getvalue()
 
 # %% ../nbs/07_scene_sd.ipynb #c64b80f6
 def train_loop(loss_fn, # loss_fn(step) -> scalar loss tensor for that step's batch
                modules:dict, # name -> nn.Module whose trainable parameters are optimised (and checkpointed)
-               folder, # checkpoint folder
+               run:RunFolder, # the run folder: checkpoints in run.out/checkpoints/<stage>, the loss log in run.out/<stage>_log.csv
+               stage:str, # this stage's name
                steps:int, lr:float=3e-4, weight_decay:float=1e-2, clip:float=1.0,
                ckpt_every:int=250, log_every:int=25, max_minutes:float|None=None,
                on_step=None, # on_step(step) after each optimizer step (e.g. EMA)
                extra_state:dict|None=None, # more modules to checkpoint without optimising (e.g. the EMA copy)
                progress:bool=True, desc:str="training")->tuple: # (steps done, loss log [(step, loss, seconds)])
-    "Train with AdamW from the last checkpoint in `folder` (if any) up to `steps`; resumable and time-bounded."
+    "Train with AdamW from the stage's last checkpoint in `run` (if any) up to `steps`; resumable and time-bounded."
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    ck = Checkpointer(folder)
     saved = {**modules, **(extra_state or {})}
-    start, log = ck.load(saved, opt)
-    t0, t_log, run = time.time(), time.time(), 0.0
+    got = run.load_checkpoint(opt, lambda t, meta: [m.load_state_dict(t[n]) for n, m in saved.items()], stage)
+    start, log = (got[0], [tuple(r) for r in got[1]]) if got else (0, [])
+    t0, t_log, avg = time.time(), time.time(), 0.0
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress)
     for step in bar:
         for m in modules.values(): m.train()
@@ -112,14 +93,15 @@ def train_loop(loss_fn, # loss_fn(step) -> scalar loss tensor for that step's ba
         torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         if on_step: on_step(step)
-        run = loss.item() if step == start else 0.95 * run + 0.05 * loss.item()
+        avg = loss.item() if step == start else 0.95 * avg + 0.05 * loss.item()
         if (step + 1) % log_every == 0:
-            log.append((step + 1, round(run, 6), round(time.time() - t_log, 2))); t_log = time.time()
-            bar.set_postfix(loss=f"{run:.4f}")
+            log.append((step + 1, round(avg, 6), round(time.time() - t_log, 2))); t_log = time.time()
+            bar.set_postfix(loss=f"{avg:.4f}")
         done = step + 1 == steps
         out_of_time = max_minutes is not None and (time.time() - t0) / 60 > max_minutes
         if (step + 1) % ckpt_every == 0 or done or out_of_time:
-            ck.save(step + 1, saved, opt, log)
+            run.save_checkpoint(step + 1, log, opt, {n: m.state_dict() for n, m in saved.items()}, stage=stage)
+            write_atomic(run.out / f"{stage}_log.csv", _loss_csv(log))
         if out_of_time: break
     bar.close()
     return (step + 1 if steps > start else start), log
@@ -132,7 +114,7 @@ def scene_batch(tag:str, step:int, batch_size:int, size:int=64, split:str="pretr
     x = torch.from_numpy(np.stack([np.asarray(render(s, size)) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
     return scenes, x
 
-def train_vae(vae:AutoencoderKL, folder, steps:int=1500, batch_size:int=32, lr:float=1e-3, kl_weight:float=1e-6,
+def train_vae(vae:AutoencoderKL, run:RunFolder, steps:int=1500, batch_size:int=32, lr:float=1e-3, kl_weight:float=1e-6,
               seed:int=0, max_minutes:float|None=None, progress:bool=True)->tuple: # (steps done, log)
     "Train the VAE on reconstruction (MSE) + `kl_weight` x KL, resumably; when done, set its latent scaling factor to 1/std."
     def loss_fn(step):
@@ -142,7 +124,7 @@ def train_vae(vae:AutoencoderKL, folder, steps:int=1500, batch_size:int=32, lr:f
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(x.device)
         return F.mse_loss(vae.decode(z).sample, x) + kl_weight * post.kl().mean()
-    done, log = train_loop(loss_fn, dict(vae=vae), folder, steps, lr=lr, max_minutes=max_minutes, progress=progress, desc="VAE")
+    done, log = train_loop(loss_fn, dict(vae=vae), run, "vae", steps, lr=lr, max_minutes=max_minutes, progress=progress, desc="VAE")
     vae.eval()
     if done == steps:
         with torch.no_grad(): z = vae.encode(scene_batch(f"vae-scale-{seed}", 0, 256)[1].to(vae.device)).latent_dist.mean
@@ -162,11 +144,13 @@ def latent_pool(vae:AutoencoderKL, n:int=20000, seed:int=0, batch_size:int=256, 
             means.append(post.mean.cpu()); stds.append(post.std.cpu())
     return dict(scenes=scenes, mean=torch.cat(means), std=torch.cat(stds))
 
-def train_denoiser(comps:dict, pool:dict, folder, steps:int=4000, batch_size:int=64, lr:float=3e-4, p_uncond:float=0.1,
+# %% ../nbs/07_scene_sd.ipynb #7b56eebf
+def train_denoiser(comps:dict, pool:dict, run:RunFolder, steps:int=4000, batch_size:int=64, lr:float=3e-4, p_uncond:float=0.1,
                    ema_decay:float=0.998, seed:int=0, max_minutes:float|None=None, progress:bool=True,
                    ground_weight:float=0.0, # weight of `grounding_loss` added to the MSE (0: plain denoising, stage 2)
                    train_text_encoder:bool=True, # False: the text encoder stays frozen (only the UNet trains)
                    lse_weight:float=0.0, # with grounding: weight of keeping each cross-attention layer's log-sum-exp at the starting model's (DSD's attention term)
+                   stage:str="unet", # the checkpoint stage
                    desc:str="UNet + text encoder")->tuple:
     "Train UNet + text encoder jointly on epsilon MSE (+ grounding) over the latent pool, resumably. Returns (steps done, log, ema_unet)."
     unet, te, tok, sched, vae = comps["unet"], comps["text_encoder"], comps["tokenizer"], comps["scheduler"], comps["vae"]
@@ -207,7 +191,7 @@ def train_denoiser(comps:dict, pool:dict, folder, steps:int=4000, batch_size:int
     te.requires_grad_(train_text_encoder)
     if not train_text_encoder: te.eval()
     modules = dict(unet=unet, text_encoder=te) if train_text_encoder else dict(unet=unet)
-    done, log = train_loop(loss_fn, modules, folder, steps, lr=lr, max_minutes=max_minutes,
+    done, log = train_loop(loss_fn, modules, run, stage, steps, lr=lr, max_minutes=max_minutes,
                            on_step=on_step, extra_state=dict(ema=ema), progress=progress, desc=desc)
     return done, log, ema
 
@@ -218,7 +202,7 @@ def object_masks(scene, # a `dsd_nb.scenes.Scene`
                  size:int # image side in pixels
                 )->torch.Tensor: # [n_objects, size, size] float32 in [0, 1] (anti-aliased coverage)
     "Each object's own mask, drawn alone at 4x and averaged down to `size` pixels (occlusion ignored)."
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1: raise DSDInputError(f"size must be a positive number of pixels; got {size!r}")
+    check(size, "size", lo=1, msg="a positive number of pixels")
     out = []
     for o in scene.objects:
         S = size * 4
@@ -233,7 +217,8 @@ def word_owners(caption, # a `dsd_nb.scenes.Caption` (subject = scene object 0, 
     "The tokens of `caption` that name an object (size, colour and shape words) and which object each names."
     words, text = caption.text().split(), caption.text()
     n_ids = len(tokenizer(text).input_ids)
-    if n_ids != len(words) + 2: raise DSDInputError(f"the tokenizer does not give one token per word for {text!r} ({n_ids - 2} tokens, {len(words)} words)")
+    if n_ids != len(words) + 2: raise DSDInputError(f"the tokenizer does not give one token per word for {text!r} ({n_ids - 2} tokens, "
+                                                    f"{len(words)} words)")
     phrases = [caption.subject.text().split()] + ([caption.object.text().split()] if caption.object else [])
     out, i = [], 0
     for obj, ph in enumerate(phrases):
@@ -249,11 +234,14 @@ def mask_shares(P:torch.Tensor, # [B, heads, Q, T] attention probabilities of on
                )->torch.Tensor: # [B, heads, W, n_objects] fp32: share of each token's attention mass inside each object's mask
     "Per token and object, the share of the token's attention mass (summed over the layer's pixels) that falls inside the object's mask, pooled to the layer's grid."
     if P.ndim != 4 or masks.ndim != 4 or pos.ndim != 2:
-        raise DSDInputError(f"mask_shares needs P [B, heads, Q, T], pos [B, W] and masks [B, n_objects, H, W]; got {tuple(P.shape)}, {tuple(pos.shape)}, {tuple(masks.shape)}")
+        raise DSDInputError(f"mask_shares needs P [B, heads, Q, T], pos [B, W] and masks [B, n_objects, H, W]; got {tuple(P.shape)}, "
+                            f"{tuple(pos.shape)}, {tuple(masks.shape)}")
     B, H, Q, T = P.shape
-    if pos.shape[0] != B or masks.shape[0] != B: raise DSDInputError(f"P, pos and masks need the same batch size; got {B}, {pos.shape[0]}, {masks.shape[0]}")
+    if pos.shape[0] != B or masks.shape[0] != B: raise DSDInputError(f"P, pos and masks need the same batch size; got {B}, "
+                                                                     f"{pos.shape[0]}, {masks.shape[0]}")
     if pos.dtype not in (torch.int32, torch.int64) or pos.numel() and (pos.min() < 0 or pos.max() >= T):
-        raise DSDInputError(f"pos must hold integer token positions in 0..{T - 1}; got {pos.dtype} in {pos.min().item() if pos.numel() else '-'}..{pos.max().item() if pos.numel() else '-'}")
+        raise DSDInputError(f"pos must hold integer token positions in 0..{T - 1}; got {pos.dtype} in "
+                            f"{pos.min().item() if pos.numel() else '-'}..{pos.max().item() if pos.numel() else '-'}")
     hw = masks.shape[-2:]
     g = (round(math.sqrt(Q * hw[0] / hw[1])), round(math.sqrt(Q * hw[1] / hw[0])))
     if g[0] * g[1] != Q: raise DSDInputError(f"cannot lay {Q} query pixels on a grid with the masks' aspect {tuple(hw)}")
@@ -301,37 +289,14 @@ def assemble_pipeline(comps:dict, unet=None)->StableDiffusionPipeline:
     return pipe
 
 # %% ../nbs/07_scene_sd.ipynb #492ee0b8
-_LATER_KEYS = {"ground_lse_weight": 0.0}  # settings added after the first runs wrote settings.json, with the value those runs had (no LSE term)
+SCENE_WRITES = ("checkpoints/", "pipeline/", "recipe.json", "vae_log.csv", "unet_log.csv", "ground_log.csv")  # what a run writes in `out`
 
-def _setting(record:dict, k:str): return record.get(k, _LATER_KEYS.get(k))  # a recorded setting; an older record's missing one as it was then
-
-def _check_resume(out:Path, settings:dict):
-    "Refuse to continue a run in `out` with other settings (stage 3's may change until it starts); records them in settings.json."
-    f = out / "settings.json"
-    if f.exists():
-        try:
-            old = json.loads(f.read_text())
-            if not isinstance(old, dict): raise ValueError(f"it holds a {type(old).__name__}, not the settings")
-        except (OSError, ValueError) as e:
-            raise DSDInputError(f"{f} is damaged or not a settings file ({e}): use another output folder (if it is the file of a dsd-train-scene-sd run of yours that broke, removing it starts that run over)") from None
-        if miss := [k for k in settings if k not in old and k not in _LATER_KEYS]:  # e.g. a user's own settings.json
-            raise DSDInputError(f"{f} is not a dsd-train-scene-sd settings file (it lacks the run's " + ", ".join(miss[:3])
-                                + (f" and {len(miss) - 3} more" if len(miss) > 3 else "") + "): use another output folder")
-        started = (out / "ground_ckpt" / "last" / "state.json").exists()
-        diff = {k: (_setting(old, k), v) for k, v in settings.items() if _setting(old, k) != v and (started or not k.startswith("ground_"))}
-        if diff: raise DSDInputError(f"the output folder {out} holds a run with other settings (" + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-                                     + "): resume with the same settings or use another output folder")
-    write_atomic(f, json.dumps(settings, indent=1))
+def _same_model(a:dict, b:dict)->bool:
+    "Whether settings `a` and `b` make the same pipeline (without stage 3 in either, stage 3's other settings do not matter)."
+    no3 = a.get("ground_steps") == 0 and b.get("ground_steps") == 0
+    return all(a.get(k) == v for k, v in b.items() if not (no3 and k.startswith("ground_")))
 
 MAX_POOL_SIZE = 200_000  # scenes in the latent pool (each keeps its posterior mean and std in memory)
-
-def _finished(out:Path, settings:dict)->bool:
-    "Whether `out` holds a pipeline finished with exactly these settings (its recipe.json records them; stage 3 may be added later)."
-    try: recipe = json.loads((out / "recipe.json").read_text())
-    except (OSError, ValueError): return False
-    if not ((out / "pipeline" / "model_index.json").exists() and isinstance(recipe, dict)): return False
-    no_stage3 = settings["ground_steps"] == 0 and _setting(recipe, "ground_steps") == 0  # then stage 3's other settings do not matter
-    return all(_setting(recipe, k) == v for k, v in settings.items() if not (no_stage3 and k.startswith("ground_")))
 
 def _free_name(p:Path)->Path:
     "`p`, or the first of `p` with -1, -2, ... after its stem that is not taken."
@@ -345,12 +310,13 @@ def _keep_earlier(out:Path)->Path|None:
     if not os.path.lexists(p): return None
     try: recipe = json.loads((out / "recipe.json").read_text())
     except (OSError, ValueError): recipe = None
-    stage2 = isinstance(recipe, dict) and _setting(recipe, "ground_steps") == 0
+    stage2 = isinstance(recipe, dict) and recipe.get("ground_steps") == 0
     kept = _free_name(out / ("pipeline-stage2" if stage2 else "pipeline-earlier"))
     p.rename(kept)
     if (out / "recipe.json").is_file() and kept.is_dir() and not kept.is_symlink(): shutil.copy2(out / "recipe.json", _free_name(kept / "recipe.json"))
     return kept
 
+# %% ../nbs/07_scene_sd.ipynb #b9f04285
 def train_scene_sd(out, # output folder
                    seed:int=0, vae_steps:int=1000, unet_steps:int=5500, pool_size:int=20000,
                    vae_batch:int=32, unet_batch:int=64, unet_lr:float=3e-4,
@@ -364,52 +330,51 @@ def train_scene_sd(out, # output folder
     "Train the scene-world Stable Diffusion from a seed into `out`; resumes from checkpoints there. An earlier `out/pipeline` (stage 3 added to a finished run) is kept as `out/pipeline-stage2`. Bad settings raise `DSDInputError`."
     check_seed(seed)
     for k, v in dict(vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch, unet_batch=unet_batch, ground_batch=ground_batch).items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise DSDInputError(f"{k} must be a positive integer; got {v!r}")
-    if pool_size > MAX_POOL_SIZE: raise DSDInputError(f"pool_size must be at most {MAX_POOL_SIZE:,} (its latents are kept in memory: about 8 KB each); got {pool_size:,}")
-    if isinstance(ground_steps, bool) or not isinstance(ground_steps, int) or ground_steps < 0: raise DSDInputError(f"ground_steps must be 0 (no stage 3) or more; got {ground_steps!r}")
-    for k, v in dict(unet_lr=unet_lr, ground_lr=ground_lr).items():
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0): raise DSDInputError(f"{k} must be a positive finite number; got {v!r}")
-    for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items():
-        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise DSDInputError(f"{k} must be a finite number >= 0; got {v!r}")
+        check(v, k, lo=1)
+    check(pool_size, "pool_size", hi=MAX_POOL_SIZE, msg=f"at most {MAX_POOL_SIZE:,} (its latents are kept in memory: about 8 KB each)")
+    check(ground_steps, "ground_steps", lo=0, msg="0 (no stage 3) or more")
+    for k, v in dict(unet_lr=unet_lr, ground_lr=ground_lr).items(): check(v, k, "number", above=0)
+    for k, v in dict(ground_weight=ground_weight, ground_lse_weight=ground_lse_weight).items(): check(v, k, "number", lo=0)
     check_max_minutes(max_minutes)
     if ground_steps and ground_weight == 0:
-        raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
+        raise DSDInputError("ground_weight is 0, so stage 3 would train without its grounding loss: give it a weight > 0 (0.05 in the "
+                            "recipe) or skip stage 3 with ground_steps 0 (--ground_steps 0)")
     dev = resolve_device(device)
-    out = make_folder(out, "output folder")
     settings = dict(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, vae_batch=vae_batch,
                     unet_batch=unet_batch, unet_lr=unet_lr, ground_steps=ground_steps, ground_batch=ground_batch,
                     ground_lr=ground_lr, ground_weight=ground_weight, ground_text_encoder=ground_text_encoder,
                     ground_lse_weight=ground_lse_weight)
-    _check_resume(out, settings)
-    if _finished(out, settings): return out / "pipeline"  # nothing to do (and the saved pipeline stays as it is)
+    run = RunFolder(out, settings, "dsd-train-scene-sd", overwrite=None, writes=SCENE_WRITES, what="output folder",
+                    free=() if has_checkpoint(out, "ground") else tuple(k for k in settings if k.startswith("ground_")))  # stage 3 may change until it starts
+    out = run.out
+    if run.done is not None and _same_model(run.done["settings"], settings): return out / "pipeline"  # nothing to do; the pipeline stays as it is
     torch.manual_seed(seed)  # library code that draws without a generator (none expected) stays reproducible
     t0 = time.time()
     comps = scene_sd_components(seed=seed, **{k: v for k, v in SCENE_SD.items() if k != "seed"})
     for k in ("vae", "text_encoder", "unet"): comps[k].to(dev)
     left = lambda: None if max_minutes is None else max_minutes - (time.time() - t0) / 60
-    vdone, vlog = train_vae(comps["vae"], out / "vae_ckpt", vae_steps, vae_batch, seed=seed, max_minutes=left(), progress=progress)
+    vdone, vlog = train_vae(comps["vae"], run, vae_steps, vae_batch, seed=seed, max_minutes=left(), progress=progress)
     if vdone < vae_steps: return None  # out of time in stage 1: call again to continue
     comps["vae"].requires_grad_(False)
     pool = latent_pool(comps["vae"], pool_size, seed, progress=progress)
-    udone, ulog, ema = train_denoiser(comps, pool, out / "unet_ckpt", unet_steps, unet_batch, lr=unet_lr, seed=seed,
+    udone, ulog, ema = train_denoiser(comps, pool, run, unet_steps, unet_batch, lr=unet_lr, seed=seed,
                                       max_minutes=left(), progress=progress)
     if udone < unet_steps: return None
     glog = []
     if ground_steps:
         comps["unet"].load_state_dict(ema.state_dict())  # stage 3 starts from stage 2's averaged weights
-        gdone, glog, ema = train_denoiser(comps, pool, out / "ground_ckpt", ground_steps, ground_batch, lr=ground_lr, seed=seed + 1,
+        gdone, glog, ema = train_denoiser(comps, pool, run, ground_steps, ground_batch, lr=ground_lr, seed=seed + 1,
                                           max_minutes=left(), progress=progress, ground_weight=ground_weight,
-                                          train_text_encoder=ground_text_encoder, lse_weight=ground_lse_weight, desc="grounding")
+                                          train_text_encoder=ground_text_encoder, lse_weight=ground_lse_weight, stage="ground", desc="grounding")
         if gdone < ground_steps: return None
     pipe = assemble_pipeline(comps, unet=ema).to("cpu")
-    new = out / ".pipeline.new"  # our own temporary name: complete before anything is moved
-    if new.exists(): shutil.rmtree(new)
-    save_pipeline(pipe, new)
-    if kept := _keep_earlier(out):  # stage 3 added to a finished run: its stage-2 pipeline (or a user's folder) stays
-        if progress: print(f"the earlier {out / 'pipeline'} is kept as {kept}", file=sys.stderr)
-    new.rename(out / "pipeline")
+    with atomic_folder(out / "pipeline") as new:  # complete before anything is moved
+        save_pipeline(pipe, new, overwrite=True)
+        if kept := _keep_earlier(out):  # stage 3 added to a finished run: its stage-2 pipeline (or a user's folder) stays
+            if progress: print(f"the earlier {out / 'pipeline'} is kept as {kept}", file=sys.stderr)
     write_atomic(out / "recipe.json", json.dumps(dict(**settings, device=str(dev), architecture=SCENE_SD, minutes_this_call=(time.time() - t0) / 60,
         vae_log=vlog, unet_log=ulog, ground_log=glog, torch=torch.__version__, **({"earlier_pipeline": kept.name} if kept else {})), indent=1))
+    run.finish(pipeline="pipeline")
     return out / "pipeline"
 
 # %% ../nbs/07_scene_sd.ipynb #5280b44d
@@ -431,8 +396,8 @@ def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipelin
     import inspect, sys
     console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
     try:
-        if threads is not None and not 1 <= threads <= 4 * (os.cpu_count() or 1):
-            raise DSDInputError(f"--threads must be from 1 to {4 * (os.cpu_count() or 1)} (this machine has {os.cpu_count()} CPUs), got {threads}")
+        most = 4 * (os.cpu_count() or 1)
+        check(threads, "--threads", lo=1, hi=most, allow_none=True, msg=f"from 1 to {most} (this machine has {os.cpu_count()} CPUs)")
         if threads: torch.set_num_threads(threads)
         p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
                             ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)

@@ -5,7 +5,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 torch.set_num_threads(1)
 from dsd_nb.models import load_pipeline
-from dsd_nb.prompt_learning import PromptConfig, train_prompt, scene_ranking_examples
+from dsd_nb.examples import scene_ranking_examples
+from dsd_nb.prompt_learning import PromptConfig, train_prompt
 
 out = sys.argv[1]
 shots = scene_ranking_examples("fewshot", 4, direction="i2t")

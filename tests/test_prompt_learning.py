@@ -1,4 +1,4 @@
-"""Few-shot prompt learning (dsd_nb.prompt_learning): LoRA set-up, shared draws, losses, training, resume,
+"""Few-shot prompt learning (dsd_nb.examples, dsd_nb.trainables, dsd_nb.prompt_learning): LoRA set-up, shared draws, losses, training, resume,
 checkpoints (ours and the reference's), adapter switching, data-parallel training and the `dsd-train` command."""
 import json, os, shutil, subprocess, sys
 from pathlib import Path
@@ -11,11 +11,10 @@ from safetensors.torch import load_file
 from dsd_nb.core import DSDInputError
 from dsd_nb.models import tiny_pipeline, quiet_libraries
 from dsd_nb.scoring import DSDScorer
-from dsd_nb.prompt_learning import (RankingExample, scene_ranking_examples, few_shot, lora_config, add_lora, lora_parameters,
-                                    use_adapter, example_generator, ranking_scores, ranking_loss, save_adapter,
-                                    reference_lora_shapes, read_reference_lora, load_reference_lora, PromptConfig,
-                                    train_prompt, batch_indices, evaluate_ranking, add_soft_prompt, soft_prompt,
-                                    remove_soft_prompt, save_soft_prompt, load_soft_prompt)
+from dsd_nb.examples import RankingExample, scene_ranking_examples, few_shot
+from dsd_nb.trainables import (lora_config, add_lora, lora_parameters, use_adapter, save_adapter, reference_lora_shapes, read_reference_lora,
+                               load_reference_lora, add_soft_prompt, soft_prompt, remove_soft_prompt, save_soft_prompt, load_soft_prompt)
+from dsd_nb.prompt_learning import example_generator, ranking_scores, ranking_loss, PromptConfig, train_prompt, batch_indices, evaluate_ranking
 from dsd_nb.scoring import encode_captions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,7 +284,7 @@ def test_run_folder_protection(tmp_path, shots):
     ck = tmp_path / "u" / "checkpoints"
     log = json.loads((ck / "last" / "log.json").read_text()); log[0]["loss"] = 123.0  # a marker: seen only if this checkpoint is resumed
     (ck / "last" / "log.json").write_text(json.dumps(log))
-    (ck / "last").rename(ck / ".last.old.123")
+    (ck / "last").rename(ck / ".last.k1ll3d.old")  # as atomic_folder names the folder it sets aside
     stale = ck / ".last.killed"; (stale / ".adapter.x").mkdir(parents=True)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, run_info=dict(shots="4"), progress=False)
     assert not stale.exists() and (tmp_path / "u" / "done.json").exists() and not list(ck.glob(".last.*"))
@@ -329,15 +328,8 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     # the refusal names what to attach
     p2 = tiny_pipeline(seed=0); add_soft_prompt(p2, 2, init=soft_prompt(p).detach().clone())
     train_prompt(p2, shots, out=tmp_path / "m", config=cfg, stop_after=1, progress=False)
-    with pytest.raises(DSDInputError, match=r"other frozen parts attached \(\{'soft_prompt'.*none now.*saved in .*m/frozen.*load_soft_prompt"):
+    with pytest.raises(DSDInputError, match=r"other settings \(frozen: \{'soft_prompt'.*\{\} now\).*other frozen parts attached.*saved in .*m/frozen.*load_soft_prompt"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "m", config=cfg, progress=False)
-    # a run folder from before frozen parts were recorded: unknown, so not compared (the same soft prompt used to be refused)
-    c = json.loads((tmp_path / "m" / "config.json").read_text()); del c["frozen"]; (tmp_path / "m" / "config.json").write_text(json.dumps(c))
-    shutil.rmtree(tmp_path / "m" / "frozen")
-    q = tiny_pipeline(seed=0); add_soft_prompt(q, 2, init=soft_prompt(p).detach().clone())
-    train_prompt(q, shots, out=tmp_path / "m", config=cfg, progress=False)
-    assert (tmp_path / "m" / "done.json").exists()
-    assert not (tmp_path / "m" / "frozen").exists()  # what the old run trained under is unknown: not written from what is attached now
     (tmp_path / "f" / "frozen").mkdir(parents=True)  # someone's own folder named frozen: not a run, refused
     with pytest.raises(DSDInputError, match=r"checkpoints/, metrics.csv or frozen/\) but no run"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "f", config=cfg, progress=False)
@@ -612,7 +604,7 @@ def test_val_seeds_average_fixed_noise_banks(shots):
 
 def test_comvg_examples(tmp_path):
     from dsd_nb.scenes import write_comvg, read_comvg
-    from dsd_nb.prompt_learning import comvg_ranking_examples
+    from dsd_nb.examples import comvg_ranking_examples
     ex = comvg_ranking_examples(write_comvg(tmp_path / "c", split="fewshot", n=2) / "comvg.csv")
     assert ex and all(e.direction == "t2i" and e.n_candidates == 2 and Path(e.images[1]).exists() for e in ex)
     with pytest.raises(DSDInputError, match="does not exist"): comvg_ranking_examples(tmp_path / "none.csv")

@@ -131,8 +131,8 @@ def test_scene_sd_resume_must_match_its_settings(tmp_path):
     with pytest.raises(DSDInputError, match="cannot make the output folder"): train_scene_sd(tmp_path / "file" / "sub", **kw)
     with pytest.raises(DSDInputError, match="seed must be an integer from 0"): train_scene_sd(tmp_path / "s", **{**kw, "seed": -1})
     for damaged in ("{not json", "[1, 2]"):
-        (tmp_path / "z").mkdir(exist_ok=True); (tmp_path / "z" / "settings.json").write_text(damaged)
-        with pytest.raises(DSDInputError, match="damaged or not a settings file"): train_scene_sd(tmp_path / "z", **kw)
+        (tmp_path / "z").mkdir(exist_ok=True); (tmp_path / "z" / "config.json").write_text(damaged)
+        with pytest.raises(DSDInputError, match="is not the settings of a dsd-train-scene-sd run"): train_scene_sd(tmp_path / "z", **kw)
     assert not (tmp_path / "y").exists() and (tmp_path / "file").read_text() == "mine"
 
 
