@@ -29,7 +29,8 @@ MARK = "@@RESULT "
 def timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps:int, sync=lambda: None, cache=None)->tuple:
     "Run 1 warm-up + `steps` optimisation steps of the prompt-learning loss; returns (seconds of each timed step, every loss)."
     import torch
-    from dsd_nb.prompt_learning import ranking_scores, ranking_loss, example_generator
+    from dsd_nb.prompt_learning import ranking_scores, ranking_loss
+    from dsd_nb.evaluate import example_generator
     from dsd_nb.attention import AttentionCapture
     times, losses = [], []
     for step in range(steps + 1):
@@ -48,7 +49,8 @@ def timed_steps(pipe, scorer, unet, ex, acc, opt, params, steps:int, sync=lambda
 def child(model:str, precision:str, checkpointing:bool, steps:int, cache:bool=True):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from dsd_nb.prompt_learning import add_lora, lora_parameters, scene_ranking_examples
+    from dsd_nb.trainables import add_lora, lora_parameters
+    from dsd_nb.evaluate import scene_ranking_examples
     from dsd_nb.scoring import DSDScorer
     from accelerate import Accelerator
     if model == "tiny":

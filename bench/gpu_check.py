@@ -99,7 +99,8 @@ def train(res, resolution=512, steps=3):
     import torch
     from accelerate import Accelerator
     from dsd_nb.models import sd21_shaped_pipeline
-    from dsd_nb.prompt_learning import add_lora, lora_parameters, scene_ranking_examples
+    from dsd_nb.trainables import add_lora, lora_parameters
+    from dsd_nb.evaluate import scene_ranking_examples
     from dsd_nb.scoring import DSDScorer
     import sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_train import timed_steps

@@ -15,14 +15,16 @@ from .core import DSDInputError, check, check_seed, check_max_minutes, flag_mess
 from .plumbing import print_stdout, console_setup, write_atomic
 from .attention import AttentionCapture
 from .inputs import load_image
-from .scoring import DSDScorer, MODES, encode_captions
+from .scoring import DSDScorer, MODES
+from .evaluate import (scene_ranking_examples, example_generator, fill_cache, example_blocks, example_scores,
+                             evaluate_examples, ranking_summary)
 from .runs import RunFolder, has_checkpoint
-from .examples import scene_ranking_examples, comvg_ranking_examples, few_shot
+from .examples import comvg_ranking_examples, few_shot
 from .trainables import Trainable, LoRA, SoftPrompt, soft_prompt
 
 # %% auto #0
-__all__ = ['UNUSED', 'RUN_WRITES', 'MAX_VAL_N', 'MAX_SHOTS', 'PromptConfig', 'example_generator', 'ranking_scores',
-           'ranking_loss', 'batch_indices', 'evaluate_ranking', 'train_prompt', 'training_examples', 'dsd_train']
+__all__ = ['UNUSED', 'RUN_WRITES', 'MAX_VAL_N', 'MAX_SHOTS', 'PromptConfig', 'ranking_scores', 'ranking_loss', 'batch_indices',
+           'evaluate_ranking', 'train_prompt', 'training_examples', 'dsd_train']
 
 # %% ../nbs/12c_prompt_learning.ipynb #b53e456f
 @dataclass
@@ -81,81 +83,20 @@ class PromptConfig:
             check(getattr(self, k), k, "choice", choices=ok)
 
 
-# %% ../nbs/12c_prompt_learning.ipynb #61c86be5
-def example_generator(seed:int, step:int, index:int)->torch.Generator:
-    "The CPU generator of one example's (timestep, noise) draws at a training step."
-    return torch.Generator("cpu").manual_seed((check_seed(seed) * 1_000_003 + step * 10_007 + index) % (2 ** 63 - 1))
-
-def _fill_cache(scorer, examples, cache:dict, captions:bool=True):
-    "Encode the images (VAE posterior mean) and captions of `examples` not yet in `cache`, in one group each."
-    new = [e for e in {id(e): e for e in examples}.values() if ("image", id(e)) not in cache]
-    if new:
-        m_new, _ = scorer.encode_images([im for e in new for im in e.images])
-        for e, m in zip(new, m_new.split([len(e.images) for e in new])): cache["image", id(e)] = m
-    new_caps = sorted({c for e in examples for c in e.captions if ("caption", c) not in cache}) if captions else []
-    if new_caps:
-        for c, x in zip(new_caps, scorer.encode_captions(new_caps)): cache["caption", c] = x
-
 # %% ../nbs/12c_prompt_learning.ipynb #b30a346c
 def ranking_scores(scorer:DSDScorer, examples:list, # `RankingExample`s
                    generators:list, # one torch.Generator per example (see `example_generator`)
                    n_draws:int=1, # (timestep, noise) draws per example, shared by its candidates, averaged
-                   cap:AttentionCapture|None=None, # an open capture of `scorer.layers` (needed with gradient checkpointing)
+                   cap:AttentionCapture|None=None, # an open capture of `scorer.layers`, kept over backward (gradient checkpointing)
                    unet=None, # the (possibly accelerate-wrapped) UNet to call; default `scorer.unet`
-                   t_range:tuple=(0, 999),
-                   cache:dict|None=None)->list: # one [C] fp32 score tensor per example (autograd graph kept)
-    """DSD scores of each example's candidates under shared (timestep, noise) draws.
-    `cache` (a dict owned by one training run, whose examples stay alive) keeps each example's image latents and each
-    caption's embedding, so the frozen VAE and text encoder run once per example and caption, not once per step."""
-    if cap is None:
-        with AttentionCapture(scorer.unet, scorer.layers) as c: return ranking_scores(scorer, examples, generators, n_draws, c, unet, t_range, cache)
-    if len(generators) != len(examples): raise DSDInputError("ranking_scores needs one generator per example")
-    caps = sorted({c for e in examples for c in e.captions})
-    sp = soft_prompt(scorer.pipe)
-    text_grad = sp is not None and sp.requires_grad and torch.is_grad_enabled()  # a soft prompt in training: captions encoded each call, with grad
-    if cache is None:
-        mean, _ = scorer.encode_images([im for e in examples for im in e.images])
-        E = scorer.encode_captions(caps) if not text_grad else None
-    else:
-        _fill_cache(scorer, examples, cache, captions=not text_grad)
-        mean = torch.cat([cache["image", id(e)] for e in examples])
-        E = torch.stack([cache["caption", c] for c in caps]) if not text_grad else None
-    z_all = mean * scorer.vae.config.scaling_factor                                  # [I, C, h, w]
-    if text_grad: E = encode_captions(scorer.pipe.tokenizer, scorer.pipe.text_encoder, caps + [""], grad=True).to(scorer.dtype)
-    else: E = torch.cat([E, scorer.uncond_embedding()])                              # [M + 1, L, D]; last = empty
-    masks = scorer.token_masks(caps + [""])                                          # [M + 1, L] bool, or None (all tokens)
-    cidx = {c: i for i, c in enumerate(caps)}
-    rows_z, rows_c, rows_t, rows_e, layout = [], [], [], [], []
-    i0 = 0
-    for e, g in zip(examples, generators):
-        for d in range(n_draws):
-            t = torch.randint(t_range[0], t_range[1] + 1, (1,), generator=g)
-            eps = torch.randn((1,) + scorer.latent_shape, generator=g)
-            pairs = [(i0, cidx[c]) for c in e.captions] if e.direction == "i2t" else [(i0 + j, cidx[e.captions[0]]) for j in range(len(e.images))]
-            slots = sorted({s for s, _ in pairs}) if scorer.needs_uncond else []
-            start = len(rows_z)
-            for s, m in [(s, len(caps)) for s in slots] + pairs:
-                rows_z.append(s); rows_c.append(m); rows_t.append(t); rows_e.append(eps)
-            layout.append((start, len(slots), [slots.index(s) for s, _ in pairs] if slots else None))
-        i0 += len(e.images)
-    zr, cr = torch.tensor(rows_z), torch.tensor(rows_c)
-    tr, er = torch.cat(rows_t).to(scorer.device), torch.cat(rows_e).to(scorer.device)
-    atts, sqs = [], []
-    for i in range(0, len(zr), scorer.chunk_size):
-        sl = slice(i, i + scorer.chunk_size)
-        a, q = scorer.forward_rows(cap, z_all[zr[sl].to(z_all.device)], er[sl], tr[sl], E[cr[sl].to(E.device)], unet=unet,
-                                   key_mask=None if masks is None else masks[cr[sl]])
-        atts.append(a); sqs.append(q)
-    A, sq = torch.cat(atts).mean(-1), torch.cat(sqs)                                 # [R], [R]
-    out, k = [], 0
-    for e in examples:
-        per_draw = []
-        for d in range(n_draws):
-            start, n_u, which = layout[k]; k += 1
-            u = slice(start, start + n_u); c = slice(start + n_u, start + n_u + e.n_candidates)
-            per_draw.append(scorer._combine(A[c], sq[c], sq[u][torch.tensor(which)] if n_u else None))
-        out.append(torch.stack(per_draw).mean(0))
-    return out
+                   t_range:tuple=(0, 999), # timesteps drawn from (inclusive)
+                   cache:dict|None=None, # latents and embeddings of the frozen parts, kept by the run (see `fill_cache`)
+                   text_grad:bool=False # the text encoder takes gradients (training a soft prompt): captions encoded each call
+                  )->list: # one [C] fp32 score tensor per example, positive first (autograd graph kept when grad is on)
+    "DSD scores of each example's candidates under shared (timestep, noise) draws: the engine's drawn blocks, scored together."
+    blocks = example_blocks(scorer, examples, n_draws, generators, cache, text_grad, t_range)
+    res = scorer.score_blocks(blocks, grad=torch.is_grad_enabled(), unet=unet, text_grad=text_grad, capture=cap)
+    return example_scores(res, examples)
 
 # %% ../nbs/12c_prompt_learning.ipynb #2eb0463a
 def ranking_loss(scores:list, # one [C] tensor per example, positive first (or a [B, C] tensor)
@@ -181,22 +122,10 @@ def batch_indices(n:int, batch_size:int, step:int, seed:int)->list:
 
 # %% ../nbs/12c_prompt_learning.ipynb #4f14d721
 def evaluate_ranking(scorer:DSDScorer, examples:list, n_draws:int=4, seed:int=0, batch:int=8,
-                     grid:bool=False # score on the scorer's fixed timestep grid (`DSDScorer.score`, the evaluation protocol) instead of random draws
+                     grid:bool=False # score on the scorer's fixed timestep grid (the evaluation protocol) instead of random draws
                     )->dict:
-    "Accuracy (positive strictly above all negatives), pairwise accuracy per negative kind and their mean (`pairwise`), and mean hinge loss."
-    rows, losses, wins = [], [], []
-    with torch.no_grad():
-        for i in range(0, len(examples), batch):
-            ex = examples[i:i + batch]
-            if grid: sc = [scorer.score(e.images[0], e.captions)[0] if e.direction == "i2t" else scorer.score(e.images, e.captions[0])[:, 0] for e in ex]
-            else: sc = ranking_scores(scorer, ex, [example_generator(seed, -1, i + j) for j in range(len(ex))], n_draws)
-            losses += ranking_loss(sc).tolist()
-            for e, s in zip(ex, sc):
-                wins.append(bool((s[0] > s[1:]).all()))
-                rows += [dict(kind=k or "negative", correct=bool(s[0] > s[j + 1])) for j, k in enumerate(e.kinds or ("",) * (len(s) - 1))]
-    per_kind = pd.DataFrame(rows).groupby("kind").correct.mean().to_dict() if rows else {}
-    return dict(accuracy=sum(wins) / max(len(wins), 1), pairwise=sum(per_kind.values()) / max(len(per_kind), 1),
-                loss=sum(losses) / max(len(losses), 1), **{f"acc_{k}": v for k, v in per_kind.items()})
+    "Accuracy (positive strictly above all negatives), pairwise accuracy per kind and their mean (`pairwise`), mean hinge loss: `evaluate_examples` summarised."
+    return ranking_summary(evaluate_examples(scorer, examples, None if grid else n_draws, seed, batch=batch))
 
 # %% ../nbs/12c_prompt_learning.ipynb #f66759ef
 UNUSED = dict(lora=("soft_tokens",), soft_prompt=("rank", "alpha", "lora_layers"))  # the settings each method ignores
@@ -239,7 +168,7 @@ def _scorers(pipe, train:list, c:PromptConfig, tr:Trainable)->tuple: # (scorer, 
     "The scorer of the training draws, its cache of the frozen parts' outputs, and one scorer per validation noise bank."
     scorer, cache = DSDScorer(pipe, mode=c.mode, layers=c.score_layers, seed=c.seed, chunk_size=c.chunk_size), {}
     for i in range(0, len(train), 8):  # filled up front in a fixed grouping: the VAE's output moves in the last bits with its batch
-        _fill_cache(scorer, train[i:i + 8], cache, captions=not tr.text_grad)  # layout, so a resumed run must see the same latents
+        fill_cache(scorer, train[i:i + 8], cache, captions=not tr.text_grad)  # layout, so a resumed run must see the same latents
     # on the fixed grid (val_steps) a scorer's seed is its noise bank; with random draws the seed seeds the draws
     vals = [DSDScorer(pipe, mode=c.mode, layers=c.score_layers, seed=s, steps=c.val_steps, chunk_size=c.chunk_size) if c.val_steps
             else scorer for s in (c.val_seeds or [c.seed])]
@@ -257,7 +186,8 @@ def _train_step(acc, unet, opt, scorer:DSDScorer, tr:Trainable, train:list, step
         ctx = acc.no_sync(unet) if a < c.grad_accum - 1 else torch.enable_grad()
         with ctx, AttentionCapture(scorer.pipe.unet, scorer.layers) as cap:
             if ex:
-                sc = ranking_scores(scorer, ex, [example_generator(c.seed, step, j) for j in mb], c.n_draws, cap, unet, cache=cache)
+                sc = ranking_scores(scorer, ex, [example_generator(c.seed, step, j) for j in mb], c.n_draws, cap, unet, cache=cache,
+                                    text_grad=tr.text_grad)
                 per = ranking_loss(sc, c.loss, c.margin)
                 # each process sums its examples; dividing by the global micro-batch size makes DDP's mean the global mean
                 acc.backward(per.sum() * acc.num_processes / micro / c.grad_accum)

@@ -5,7 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 torch.set_num_threads(1)
 from dsd_nb.models import load_pipeline
-from dsd_nb.examples import scene_ranking_examples
+from dsd_nb.evaluate import scene_ranking_examples
 from dsd_nb.prompt_learning import PromptConfig, train_prompt
 
 out = sys.argv[1]

@@ -71,3 +71,20 @@ def test_scene_sd_trace_and_evaluation_as_before(scene_pipe):
     _check("scene/trace/scores", tr.scores)
     for l in tr.layers: _check(f"scene/trace/probs/{l.name}", tr.probs[l.name].sum(dim=(-1, -2)), atol=1e-6)
     _check("scene/matching/margins", torch.tensor(scene_matching(scene_pipe, n=3, steps=3, progress=False).margin.values), atol=1e-5)
+
+
+def test_training_scores_and_validation_as_before(scene_pipe):
+    "Training's drawn scores: the mean over draws is now taken in the engine's [.., K] layout, so they agree to float rounding (1e-6)."
+    from dsd_nb.evaluate import scene_ranking_examples, example_generator
+    from dsd_nb.prompt_learning import ranking_scores, evaluate_ranking
+    ex = scene_ranking_examples("fewshot", 3, seed=0, direction="both")
+    sc = DSDScorer(scene_pipe, seed=0)
+    with torch.no_grad(): rs = ranking_scores(sc, ex, [example_generator(0, 5, j) for j in range(len(ex))], 2)
+    for i, v in enumerate(rs): _check(f"scene/ranking/{i}", v, atol=2e-6)
+    att = ranking_scores(DSDScorer(scene_pipe, seed=0, mode="attention"), ex[:2], [example_generator(1, 0, j) for j in range(2)], 1)
+    for i, v in enumerate(att): _check(f"scene/ranking_att/{i}", v)
+    for key, got in [("scene/evaluate_ranking", evaluate_ranking(sc, ex, n_draws=2, seed=0)),
+                     ("scene/evaluate_ranking_grid", evaluate_ranking(DSDScorer(scene_pipe, seed=0, steps=5), ex, grid=True))]:
+        want = GOLDEN[key]
+        assert set(got) == set(want), (key, set(got) ^ set(want))
+        for k in want: assert abs(got[k] - want[k]) <= (1e-6 if k == "loss" else 0), (key, k, got[k], want[k])

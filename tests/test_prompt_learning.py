@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 from dsd_nb.core import DSDInputError
 from dsd_nb.models import tiny_pipeline, quiet_libraries
 from dsd_nb.scoring import DSDScorer
-from dsd_nb.examples import RankingExample, scene_ranking_examples, few_shot
+from dsd_nb.evaluate import RankingExample, scene_ranking_examples, example_generator
+from dsd_nb.examples import few_shot
 from dsd_nb.trainables import (lora_config, add_lora, lora_parameters, use_adapter, save_adapter, reference_lora_shapes, read_reference_lora,
                                load_reference_lora, add_soft_prompt, soft_prompt, remove_soft_prompt, save_soft_prompt, load_soft_prompt)
-from dsd_nb.prompt_learning import example_generator, ranking_scores, ranking_loss, PromptConfig, train_prompt, batch_indices, evaluate_ranking
+from dsd_nb.prompt_learning import ranking_scores, ranking_loss, PromptConfig, train_prompt, batch_indices, evaluate_ranking
 from dsd_nb.scoring import encode_captions
 
 ROOT = Path(__file__).resolve().parents[1]
