@@ -11,7 +11,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # %% auto #0
 __all__ = ['MAX_SEED', 'DSDInputError', 'check', 'resolve_device', 'resolve_dtype', 'reference_timesteps', 'check_seed',
-           'draw_noise', 'flag_message', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'check_max_minutes']
+           'draw_noise', 'noise_scheduler', 'add_noise', 'epsilon_from_prediction', 'check_max_minutes']
 
 # %% ../nbs/00_core.ipynb #d19fb132
 class DSDInputError(ValueError):
@@ -121,14 +121,6 @@ def draw_noise(shape:tuple, # e.g. (K, 4, 64, 64): one latent-shaped noise per t
     "Standard normal noise (epsilon) of `shape` from `torch.Generator('cpu').manual_seed(seed)`, device- and dtype-independent."
     g = torch.Generator("cpu").manual_seed(check_seed(seed))
     return randn_tensor(tuple(shape), generator=g, device=torch.device("cpu"), dtype=torch.float32).to(device=device, dtype=dtype)
-
-# %% ../nbs/00_core.ipynb #7a9ad3a9
-def flag_message(msg:str, # a library error message, e.g. "n_draws must be a positive integer; got 0"
-                 flags:dict # setting name -> flag name (without the dashes), e.g. {"n_draws": "draws"}
-                )->str:
-    "`msg` as a command line says it: a leading setting name becomes its `--flag`; other messages are unchanged."
-    name = msg.split(" ", 1)[0]
-    return f"--{flags[name]}{msg[len(name):]}" if name in flags else msg
 
 # %% ../nbs/00_core.ipynb #6a029a6e
 def noise_scheduler(scheduler_or_config)->DDPMScheduler:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 import pandas as pd
 from tqdm.auto import tqdm
-from .core import DSDInputError, check, check_seed, check_max_minutes, flag_message
-from .plumbing import print_stdout, console_setup, write_atomic
+from .core import DSDInputError, check, check_seed, check_max_minutes
+from .plumbing import write_atomic
 from .attention import AttentionCapture
 from .inputs import load_image
 from .scoring import DSDScorer, MODES
@@ -24,7 +24,7 @@ from .trainables import Trainable, LoRA, SoftPrompt, soft_prompt
 
 # %% auto #0
 __all__ = ['UNUSED', 'RUN_WRITES', 'MAX_VAL_N', 'MAX_SHOTS', 'PromptConfig', 'ranking_scores', 'ranking_loss', 'batch_indices',
-           'evaluate_ranking', 'train_prompt', 'training_examples', 'dsd_train']
+           'evaluate_ranking', 'train_prompt', 'training_examples', 'train_on_dataset']
 
 # %% ../nbs/12c_prompt_learning.ipynb #b53e456f
 @dataclass
@@ -38,7 +38,7 @@ class PromptConfig:
     clip:float=1.0 # grad-norm clip
     loss:str="hinge" # "hinge" or "ce"
     margin:float=0.1 # hinge margin (unused by "ce")
-    n_draws:int=1 # (timestep, noise) draws per example per step
+    draws:int=1 # (timestep, noise) draws per example per step
     method:str="lora" # "lora" (adapters on the UNet's attention) or "soft_prompt" (learnable text-encoder vectors; rank, alpha, lora_layers unused)
     soft_tokens:int=8 # soft prompt length (method "soft_prompt")
     rank:int=4
@@ -58,7 +58,7 @@ class PromptConfig:
     keep_best:bool=False # end with the adapter of the best validation (mean pairwise accuracy over kinds, then loss; step 0 = the unchanged model competes); needs val
     def __post_init__(self):
         "Check every setting once (`DSDInputError` naming it); `val_seeds` becomes a list (config.json round-trips it)."
-        for k in ("steps", "batch_size", "grad_accum", "n_draws", "rank", "soft_tokens", "ckpt_every", "val_every", "val_draws", "chunk_size"):
+        for k in ("steps", "batch_size", "grad_accum", "draws", "rank", "soft_tokens", "ckpt_every", "val_every", "val_draws", "chunk_size"):
             check(getattr(self, k), k, lo=1)
         if self.batch_size % self.grad_accum: raise DSDInputError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum "
                                                                   f"({self.grad_accum})")
@@ -86,7 +86,7 @@ class PromptConfig:
 # %% ../nbs/12c_prompt_learning.ipynb #b30a346c
 def ranking_scores(scorer:DSDScorer, examples:list, # `RankingExample`s
                    generators:list, # one torch.Generator per example (see `example_generator`)
-                   n_draws:int=1, # (timestep, noise) draws per example, shared by its candidates, averaged
+                   draws:int=1, # (timestep, noise) draws per example, shared by its candidates, averaged
                    cap:AttentionCapture|None=None, # an open capture of `scorer.layers`, kept over backward (gradient checkpointing)
                    unet=None, # the (possibly accelerate-wrapped) UNet to call; default `scorer.unet`
                    t_range:tuple=(0, 999), # timesteps drawn from (inclusive)
@@ -94,7 +94,7 @@ def ranking_scores(scorer:DSDScorer, examples:list, # `RankingExample`s
                    text_grad:bool=False # the text encoder takes gradients (training a soft prompt): captions encoded each call
                   )->list: # one [C] fp32 score tensor per example, positive first (autograd graph kept when grad is on)
     "DSD scores of each example's candidates under shared (timestep, noise) draws: the engine's drawn blocks, scored together."
-    blocks = example_blocks(scorer, examples, n_draws, generators, cache, text_grad, t_range)
+    blocks = example_blocks(scorer, examples, draws, generators, cache, text_grad, t_range)
     res = scorer.score_blocks(blocks, grad=torch.is_grad_enabled(), unet=unet, text_grad=text_grad, capture=cap)
     return example_scores(res, examples)
 
@@ -121,11 +121,11 @@ def batch_indices(n:int, batch_size:int, step:int, seed:int)->list:
     return perm[j * batch_size:(j + 1) * batch_size]
 
 # %% ../nbs/12c_prompt_learning.ipynb #4f14d721
-def evaluate_ranking(scorer:DSDScorer, examples:list, n_draws:int=4, seed:int=0, batch:int=8,
+def evaluate_ranking(scorer:DSDScorer, examples:list, draws:int=4, seed:int=0, batch:int=8,
                      grid:bool=False # score on the scorer's fixed timestep grid (the evaluation protocol) instead of random draws
                     )->dict:
     "Accuracy (positive strictly above all negatives), pairwise accuracy per kind and their mean (`pairwise`), mean hinge loss: `evaluate_examples` summarised."
-    return ranking_summary(evaluate_examples(scorer, examples, None if grid else n_draws, seed, batch=batch))
+    return ranking_summary(evaluate_examples(scorer, examples, None if grid else draws, seed, batch=batch))
 
 # %% ../nbs/12c_prompt_learning.ipynb #f66759ef
 UNUSED = dict(lora=("soft_tokens",), soft_prompt=("rank", "alpha", "lora_layers"))  # the settings each method ignores
@@ -186,7 +186,7 @@ def _train_step(acc, unet, opt, scorer:DSDScorer, tr:Trainable, train:list, step
         ctx = acc.no_sync(unet) if a < c.grad_accum - 1 else torch.enable_grad()
         with ctx, AttentionCapture(scorer.pipe.unet, scorer.layers) as cap:
             if ex:
-                sc = ranking_scores(scorer, ex, [example_generator(c.seed, step, j) for j in mb], c.n_draws, cap, unet, cache=cache,
+                sc = ranking_scores(scorer, ex, [example_generator(c.seed, step, j) for j in mb], c.draws, cap, unet, cache=cache,
                                     text_grad=tr.text_grad)
                 per = ranking_loss(sc, c.loss, c.margin)
                 # each process sums its examples; dividing by the global micro-batch size makes DDP's mean the global mean
@@ -328,92 +328,27 @@ def training_examples(dataset:str="scene", # "scene" (the scene world) or the pa
     return train, scene_ranking_examples("val", val_n, seed=0, direction=direction) if val_n > 0 and dataset == "scene" else None
 
 # %% ../nbs/12c_prompt_learning.ipynb #f2c48a56
-from fastcore.script import call_parse, Param, store_true
-
-def _parse_shots(s:str)->int|float:
-    if re.fullmatch(r"\d+", s.strip()): return int(s)
-    if re.fullmatch(r"\d*\.\d+", s.strip()) and 0 < float(s) <= 1: return float(s)
-    raise DSDInputError(f"--shots must be a whole number of examples like 32, or a fraction of the pool in (0, 1] like 0.05; got {s!r}")
-
-def _parse_seeds(s:str|None)->list|None:
-    try: seeds = [int(x) for x in s.split(",")] if s is not None else None
-    except ValueError: raise DSDInputError(f"--val_seeds must be comma-separated integers like 0,1,2; got {s!r}") from None
-    try: return [check_seed(x) for x in seeds] if seeds is not None else None
-    except DSDInputError as e: raise DSDInputError(f"--val_seeds: {e}") from None
-
-def _summary(df:pd.DataFrame, done:bool, keep_best:bool, what:str)->str:
-    "What `dsd-train` prints at the end: the last row, and with keep_best the validation of the kept step."
-    last = df.iloc[-1].to_dict() if len(df) else {}
-    nums = lambda d, keep: ", ".join(f"{k} {v:.4f}" for k, v in d.items() if keep(k) and isinstance(v, float) and v == v)
-    lines = [("finished" if done else "stopped (run the same command again to resume)") + f": step {int(last.get('step', 0))}, "
-             + nums(last, lambda k: k != "step")]
-    if done and keep_best:
-        sel = df.attrs.get("selected_step", 0)
-        kept = df[df.step == sel].iloc[0].to_dict() if (df.step == sel).any() else {}
-        lines.append(f"kept the {what} of step {sel} (best validation" + (", the unchanged model" if sel == 0 else "") + "): "
-                     + nums(kept, lambda k: k.startswith("val_")))
-    return "\n".join(lines)
-
-# %% ../nbs/12c_prompt_learning.ipynb #1db06e3b
-@call_parse
-def dsd_train(out:Param("run folder (config, checkpoints, metrics.csv, adapter/ or soft_prompt.safetensors); required", str)=None,
-              dataset:Param("'scene' (the scene world) or a ComVG-layout CSV", str)="scene",
-              images_dir:Param("images folder of a ComVG CSV (default: next to it)", str)=None,
-              shots:Param("few-shot examples: an integer, or a fraction like 0.05", str)="32",
-              direction:Param("scene world: i2t, t2i or both", str, choices=("i2t", "t2i", "both"))="i2t",
-              model:Param("built-in name, diffusers folder or hub id (default: the built-in default)", str)=None,
-              steps:Param("optimisation steps", int)=100,
-              batch_size:Param("examples per step", int)=8,
-              grad_accum:Param("micro-batches per step", int)=1,
-              lr:Param("AdamW learning rate", float)=1e-4,
-              weight_decay:Param("AdamW weight decay", float)=1e-2,
-              loss:Param("hinge or ce", str)="hinge",
-              margin:Param("hinge margin", float)=0.1,
-              draws:Param("(timestep, noise) draws per example per step", int)=1,
-              method:Param("what to train: lora (adapters on the UNet's attention) or soft_prompt (text-encoder vectors)", str)="lora",
-              soft_tokens:Param("soft prompt length (--method soft_prompt)", int)=8,
-              rank:Param("LoRA rank", int)=4,
-              alpha:Param("LoRA alpha (default: the rank)", float)=None,
-              lora_layers:Param("LoRA on 'all' attention layers or 'cross' only", str)="all",
-              mixed_precision:Param("no, bf16 or fp16", str)="no",
-              gradient_checkpointing:Param("recompute activations in the backward pass", store_true)=False,
-              val_n:Param("validation examples (scene world's val split; 0: none)", int)=50,
-              val_every:Param("validate every this many steps", int)=25,
-              ckpt_every:Param("checkpoint every this many steps", int)=25,
-              seed:Param("seed of the shots, the LoRA init and the draws", int)=0,
-              device:Param("where to train: auto, cpu, cuda, cuda:N or mps", str)="cpu",
-              overwrite:Param("replace a finished run in --out (or an unfinished one of other settings)", store_true)=False,
-              keep_best:Param("end with the adapter of the best validation (step 0 = zero-shot included)", store_true)=False,
-              val_steps:Param("validate on the fixed DSD grid of this many timesteps (the evaluation protocol) instead of random draws", int)=None,
-              val_seeds:Param("seeds the validation averages over, comma-separated like 0,1,2 (default: --seed): noise banks with "
-                              "--val_steps, else the seeds of its random draws", str)=None,
-              max_minutes:Param("stop after a checkpoint when this call has run this long", float)=None):
-    "Few-shot prompt learning: train a LoRA adapter (or a soft prompt) with a ranking loss on DSD scores (resumable)."
-    console_setup()  # progress bars stop, not the run, when stderr's reader goes away; SIGTERM cleans up like Ctrl-C
+def train_on_dataset(out, # the run folder (required: checkpoints, metrics.csv, the adapter or soft prompt)
+                     config:PromptConfig, # the run's settings
+                     dataset:str="scene", # "scene" (the scene world) or the path of a ComVG-layout CSV
+                     shots:int|float=32, # examples, or a fraction of the pool
+                     direction:str="i2t", # scene world: "i2t", "t2i" or "both"
+                     images_dir=None, # images folder of a ComVG CSV (default: next to it)
+                     val_n:int=50, # validation examples (the scene world's val split; 0: none)
+                     model:str|None=None, # built-in name, diffusers folder or hub id (None: the default model)
+                     device:str="cpu", # where to train
+                     overwrite:bool=False, max_minutes:float|None=None)->pd.DataFrame: # the metrics log (see `train_prompt`)
+    "Few-shot prompt learning on a dataset: what `dsd-train` runs. Raises `DSDInputError` for settings that do not fit together."
     from dsd_nb.models import load_pipeline
-    flags = {**{k: k for k in inspect.signature(dsd_train).parameters}, "n_draws": "draws"}
-    try:
-        if not out: raise DSDInputError("--out is required: the run folder for checkpoints, metrics and the adapter")
-        k, vseeds = _parse_shots(shots), _parse_seeds(val_seeds)
-        if (val_seeds is not None or val_steps is not None) and (val_n == 0 or dataset != "scene"):
-            raise DSDInputError("--val_seeds and --val_steps shape the validation: use them with --val_n > 0 and --dataset scene")
-        if keep_best and (val_n == 0 or dataset != "scene"):
-            raise DSDInputError("--keep_best needs validation examples: use --val_n > 0 with --dataset scene "
-                                "(a ComVG-layout --dataset has no validation split here)")
-        if batch_size % max(grad_accum, 1): raise DSDInputError(f"--batch_size ({batch_size}) must be a multiple of --grad_accum "
-                                                                f"({grad_accum})")
-        check_max_minutes(max_minutes)
-        cfg = PromptConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, loss=loss,
-                           margin=margin, n_draws=draws, method=method, soft_tokens=soft_tokens, rank=rank, alpha=alpha, lora_layers=lora_layers,
-                           seed=seed, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-                           val_every=val_every, ckpt_every=ckpt_every, keep_best=keep_best, val_steps=val_steps, val_seeds=vseeds)
-        train, val = training_examples(dataset, k, direction, images_dir, val_n, seed)
-        info = dict(dataset=dataset, images_dir=images_dir, shots=str(k), direction=direction, model=model or "default", val_n=val_n)
-        df = train_prompt(load_pipeline(model, device=device), train, val, out=out, config=cfg, overwrite=overwrite,
-                          max_minutes=max_minutes, run_info=info)
-    except (DSDInputError, ValueError, OSError) as e:
-        sys.stderr.write(f"dsd-train: error: {flag_message(str(e), flags) if isinstance(e, DSDInputError) else e}\n"); sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"dsd-train: interrupted; run the same command again to resume from the last checkpoint in {out}\n" if has_checkpoint(out)
-                         else "dsd-train: interrupted before the first checkpoint; the same command starts the run again\n"); sys.exit(130)
-    print_stdout(_summary(df, (Path(out) / "done.json").exists(), keep_best, "adapter" if method == "lora" else "soft prompt"))
+    if not out: raise DSDInputError("out is required: the run folder for checkpoints, metrics and the adapter")
+    validating = val_n > 0 and dataset == "scene"
+    if (config.val_seeds is not None or config.val_steps is not None) and not validating:
+        raise DSDInputError("val_seeds and val_steps shape the validation: use them with val_n > 0 and the scene dataset")
+    if config.keep_best and not validating:
+        raise DSDInputError("keep_best needs validation examples: use val_n > 0 with the scene dataset "
+                            "(a ComVG-layout dataset has no validation split here)")
+    check_max_minutes(max_minutes)
+    train, val = training_examples(dataset, shots, direction, images_dir, val_n, config.seed)
+    info = dict(dataset=dataset, images_dir=images_dir, shots=str(shots), direction=direction, model=model or "default", val_n=val_n)
+    return train_prompt(load_pipeline(model, device=device), train, val, out=out, config=config, overwrite=overwrite,
+                        max_minutes=max_minutes, run_info=info)

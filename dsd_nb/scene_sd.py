@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 from .models import clip_tokenizer, save_pipeline
 from diffusers import AutoencoderKL, UNet2DConditionModel, DDPMScheduler, DDIMScheduler, StableDiffusionPipeline
-from .core import DSDInputError, resolve_device, check, check_seed, check_max_minutes, flag_message
-from .plumbing import print_stdout, write_atomic, console_setup, atomic_folder
+from .core import DSDInputError, resolve_device, check, check_seed, check_max_minutes
+from .plumbing import write_atomic, atomic_folder
 from .runs import RunFolder, has_checkpoint
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
@@ -24,7 +24,7 @@ from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_exa
 # %% auto #0
 __all__ = ['SCENE_SD', 'GROUND', 'SCENE_WRITES', 'MAX_POOL_SIZE', 'world_words', 'scene_sd_components', 'train_loop',
            'scene_batch', 'train_vae', 'latent_pool', 'train_denoiser', 'object_masks', 'word_owners', 'mask_shares',
-           'grounding_loss', 'assemble_pipeline', 'train_scene_sd', 'dsd_train_scene_sd']
+           'grounding_loss', 'assemble_pipeline', 'train_scene_sd']
 
 # %% ../nbs/07_scene_sd.ipynb #e8e09b1c
 def world_words()->list:
@@ -376,34 +376,3 @@ def train_scene_sd(out, # output folder
         vae_log=vlog, unet_log=ulog, ground_log=glog, torch=torch.__version__, **({"earlier_pipeline": kept.name} if kept else {})), indent=1))
     run.finish(pipeline="pipeline")
     return out / "pipeline"
-
-# %% ../nbs/07_scene_sd.ipynb #5280b44d
-from fastcore.script import call_parse, Param
-
-@call_parse
-def dsd_train_scene_sd(out:Param("output folder (checkpoints, log, final pipeline)", str)="runs/scene-sd",
-                       seed:Param("seed of everything", int)=0,
-                       vae_steps:Param("VAE optimisation steps", int)=1000,
-                       unet_steps:Param("UNet + text encoder optimisation steps", int)=5500,
-                       pool_size:Param("pretraining scenes encoded for stage 2", int)=20000,
-                       ground_steps:Param("grounding steps (stage 3; 0 skips it)", int)=GROUND["steps"],
-                       ground_weight:Param("weight of the grounding loss", float)=GROUND["weight"],
-                       ground_lse_weight:Param("weight of keeping stage 2's attention log-sum-exp during grounding (0: off)", float)=GROUND["lse_weight"],
-                       max_minutes:Param("stop (after a checkpoint) when this call has run this long", float)=None,
-                       device:Param("where to train: auto, cpu, cuda, cuda:N or mps", str)="cpu",
-                       threads:Param("torch CPU threads (default: torch's choice)", int)=None):
-    "Train the scene-world Stable Diffusion (resumable: run it again to continue)."
-    import inspect, sys
-    console_setup()  # progress bars stop, not the training, when stderr's reader goes away; SIGTERM stops like Ctrl-C
-    try:
-        most = 4 * (os.cpu_count() or 1)
-        check(threads, "--threads", lo=1, hi=most, allow_none=True, msg=f"from 1 to {most} (this machine has {os.cpu_count()} CPUs)")
-        if threads: torch.set_num_threads(threads)
-        p = train_scene_sd(out, seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, pool_size=pool_size, ground_steps=ground_steps,
-                            ground_weight=ground_weight, ground_lse_weight=ground_lse_weight, max_minutes=max_minutes, device=device)
-    except (DSDInputError, OSError) as e:
-        msg = flag_message(str(e), {k: k for k in inspect.signature(dsd_train_scene_sd).parameters}) if isinstance(e, DSDInputError) else str(e)
-        sys.stderr.write(f"dsd-train-scene-sd: error: {msg}\n"); sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"dsd-train-scene-sd: interrupted; run the same command again to continue from the last checkpoint in {out}\n"); sys.exit(130)
-    print_stdout(f"finished: {p}" if p else f"stopped at the time limit; run the same command again to continue ({out})")

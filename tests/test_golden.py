@@ -83,7 +83,7 @@ def test_training_scores_and_validation_as_before(scene_pipe):
     for i, v in enumerate(rs): _check(f"scene/ranking/{i}", v, atol=2e-6)
     att = ranking_scores(DSDScorer(scene_pipe, seed=0, mode="attention"), ex[:2], [example_generator(1, 0, j) for j in range(2)], 1)
     for i, v in enumerate(att): _check(f"scene/ranking_att/{i}", v)
-    for key, got in [("scene/evaluate_ranking", evaluate_ranking(sc, ex, n_draws=2, seed=0)),
+    for key, got in [("scene/evaluate_ranking", evaluate_ranking(sc, ex, draws=2, seed=0)),
                      ("scene/evaluate_ranking_grid", evaluate_ranking(DSDScorer(scene_pipe, seed=0, steps=5), ex, grid=True))]:
         want = GOLDEN[key]
         assert set(got) == set(want), (key, set(got) ^ set(want))

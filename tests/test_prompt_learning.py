@@ -69,7 +69,8 @@ def test_bad_lora_settings(fresh_pipe):
 
 def test_switching_adapters_changes_scores(fresh_pipe, shots):
     img, caps = shots[0].images, shots[0].captions
-    base = DSDScorer(fresh_pipe, steps=3).score(img, caps)
+    for m in (fresh_pipe.unet, fresh_pipe.vae, fresh_pipe.text_encoder): m.requires_grad_(False)  # as add_lora leaves them: frozen
+    base = DSDScorer(fresh_pipe, steps=3).score(img, caps)  # weights may take other CPU kernels, so compare frozen with frozen
     add_lora(fresh_pipe, "a"); _perturb(fresh_pipe, "a", seed=1)
     add_lora(fresh_pipe, "b"); _perturb(fresh_pipe, "b", seed=2)
     use_adapter(fresh_pipe, "a"); sa = DSDScorer(fresh_pipe, steps=3).score(img, caps)
@@ -99,7 +100,7 @@ def test_draw_is_shared_by_candidates(pipe, shots):
     "Identical candidates under one shared (timestep, noise) draw get identical scores (the reference's draws differ)."
     e = shots[0]
     twin = RankingExample(e.images, [e.captions[0], e.captions[0], e.captions[1]])
-    s = ranking_scores(DSDScorer(pipe), [twin], [example_generator(0, 0, 0)], n_draws=2)[0]
+    s = ranking_scores(DSDScorer(pipe), [twin], [example_generator(0, 0, 0)], draws=2)[0]
     assert s[0] == s[1] and s[0] != s[2]
     assert torch.isclose(ranking_loss([s], margin=0.1)[0], torch.tensor(0.1) + torch.relu(s[2] - s[0]))
     timg = RankingExample([e.images[0], e.images[0]], [e.captions[0]])
@@ -111,9 +112,9 @@ def test_draw_is_shared_by_candidates(pipe, shots):
 def test_ranking_scores_independent_of_batch_and_chunks(pipe, mode):
     ex = scene_ranking_examples("fewshot", 2, direction="both")
     gens = lambda: [example_generator(5, 3, i) for i in range(len(ex))]
-    a = ranking_scores(DSDScorer(pipe, mode=mode, chunk_size=1), ex, gens(), n_draws=2)
-    b = ranking_scores(DSDScorer(pipe, mode=mode, chunk_size=64), ex, gens(), n_draws=2)
-    c = [ranking_scores(DSDScorer(pipe, mode=mode), [e], [example_generator(5, 3, i)], n_draws=2)[0] for i, e in enumerate(ex)]
+    a = ranking_scores(DSDScorer(pipe, mode=mode, chunk_size=1), ex, gens(), draws=2)
+    b = ranking_scores(DSDScorer(pipe, mode=mode, chunk_size=64), ex, gens(), draws=2)
+    c = [ranking_scores(DSDScorer(pipe, mode=mode), [e], [example_generator(5, 3, i)], draws=2)[0] for i, e in enumerate(ex)]
     for x, y, z in zip(a, b, c):
         assert x.shape == (len(y),) and torch.allclose(x, y, atol=1e-5) and torch.allclose(x, z, atol=1e-5)
 
@@ -147,10 +148,10 @@ def test_training_lowers_the_training_loss(shots):
     p = tiny_pipeline(seed=0)
     sc = DSDScorer(p, seed=0)
     add_lora(p, "probe")  # an identity adapter, to measure the base model with the same code path
-    before = evaluate_ranking(sc, shots, n_draws=2)["loss"]
+    before = evaluate_ranking(sc, shots, draws=2)["loss"]
     q = tiny_pipeline(seed=0)
     train_prompt(q, shots, config=PromptConfig(**{**CFG, "steps": 12, "lr": 2e-2}), progress=False)
-    after = evaluate_ranking(DSDScorer(q, seed=0), shots, n_draws=2)["loss"]
+    after = evaluate_ranking(DSDScorer(q, seed=0), shots, draws=2)["loss"]
     assert after < before, (before, after)
 
 
@@ -164,10 +165,10 @@ def test_few_shot_improves_held_out_ranking_on_the_default_model():
     held = scene_ranking_examples("val", 48, seed=0, direction="t2i", kinds=("relation",))
     pipe = load_pipeline()
     sc = DSDScorer(pipe, seed=0)
-    b_train, b_held = evaluate_ranking(sc, train, n_draws=4), evaluate_ranking(sc, held, n_draws=4)
+    b_train, b_held = evaluate_ranking(sc, train, draws=4), evaluate_ranking(sc, held, draws=4)
     train_prompt(pipe, train, config=PromptConfig(steps=30, batch_size=8, lr=3e-3, seed=0, val_every=10**6, ckpt_every=10**6), progress=False)
     sc = DSDScorer(pipe, seed=0)
-    a_train, a_held = evaluate_ranking(sc, train, n_draws=4), evaluate_ranking(sc, held, n_draws=4)
+    a_train, a_held = evaluate_ranking(sc, train, draws=4), evaluate_ranking(sc, held, draws=4)
     assert a_train["loss"] < 0.7 * b_train["loss"], (b_train, a_train)
     assert a_held["loss"] < 0.8 * b_held["loss"], (b_held, a_held)
 
@@ -547,7 +548,7 @@ def test_soft_prompt_file_errors(tmp_path):
 def test_soft_prompt_refusals_leave_usable_folders(tmp_path, shots):
     with pytest.raises(DSDInputError, match="soft_tokens must be at most 75"): PromptConfig(method="soft_prompt", soft_tokens=76)
     with pytest.raises(DSDInputError, match="non-empty list of seeds"): PromptConfig(val_seeds=(s for s in [3, 4]))
-    cfg = PromptConfig(method="soft_prompt", soft_tokens=2, steps=2, batch_size=2, n_draws=1, ckpt_every=1)
+    cfg = PromptConfig(method="soft_prompt", soft_tokens=2, steps=2, batch_size=2, draws=1, ckpt_every=1)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, progress=False)
     assert (tmp_path / "r" / "soft_prompt.safetensors").exists()
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=PromptConfig(steps=2, batch_size=2), overwrite=True, progress=False)
@@ -564,7 +565,7 @@ def test_soft_prompt_refusals_leave_usable_folders(tmp_path, shots):
     assert (tmp_path / "d" / "done.json").exists()
     # an unfinished run of other settings: refused, naming the ways out; replaced with overwrite=True
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, stop_after=1, progress=False)
-    lora = PromptConfig(steps=2, batch_size=2, n_draws=1)
+    lora = PromptConfig(steps=2, batch_size=2, draws=1)
     with pytest.raises(DSDInputError, match="unfinished run with other settings.*overwrite=True"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=lora, progress=False)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=lora, overwrite=True, progress=False)
@@ -593,7 +594,7 @@ def test_a_scorer_made_before_the_soft_prompt_follows_it(shots):
 
 
 def test_val_seeds_average_fixed_noise_banks(shots):
-    cfg = dict(steps=2, batch_size=2, lr=1e-3, val_every=2, val_steps=2, n_draws=1, val_seeds=[3, 4], keep_best=True)
+    cfg = dict(steps=2, batch_size=2, lr=1e-3, val_every=2, val_steps=2, draws=1, val_seeds=[3, 4], keep_best=True)
     rows = [train_prompt(tiny_pipeline(seed=0), shots, shots, config=PromptConfig(seed=s, **cfg), progress=False).iloc[0] for s in (0, 1)]
     base = tiny_pipeline(seed=0)
     per_bank = [evaluate_ranking(DSDScorer(base, seed=b, steps=2), shots, grid=True) for b in (3, 4)]
