@@ -121,5 +121,5 @@ def console_setup()->None:
     """For console scripts: stderr output (progress bars, warnings) is dropped once its reader is gone instead of stopping
     the command; SIGTERM raises KeyboardInterrupt, so it cleans up like Ctrl-C."""
     if not isinstance(sys.stderr, _DropWhenReaderGone): sys.stderr = _DropWhenReaderGone(sys.stderr)
-    def stop(signum, frame): raise RuntimeError("interrupted")
+    def stop(signum, frame): raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
