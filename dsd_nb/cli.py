@@ -224,7 +224,7 @@ def train_command(out:Param("run folder (config, checkpoints, metrics.csv, adapt
                   shots:Param("few-shot examples: an integer, or a fraction like 0.05", str)="32",
                   direction:Param("scene world: i2t, t2i or both", str, choices=("i2t", "t2i", "both"))="i2t",
                   model:Param("built-in name, diffusers folder or hub id (default: the built-in default)", str)=None,
-                  steps:Param("optimisation steps", int)=100,
+                  train_steps:Param("optimiser steps", int)=100,
                   batch_size:Param("examples per step", int)=8,
                   grad_accum:Param("micro-batches per step", int)=1,
                   lr:Param("AdamW learning rate", float)=1e-4,

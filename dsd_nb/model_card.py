@@ -77,7 +77,7 @@ def generation_check(pipe, # a StableDiffusionPipeline of the scene world
                      n:int=60, # number of captions (and images)
                      seed:int=0, # seed of the captions and of the sampling noise
                      split:str="test", # a split of the scene world; "compgen" gives held-out colour-shape pairs
-                     steps:int=30, # denoising steps of the pipeline's scheduler
+                     num_inference_steps:int=30, # denoising steps of the pipeline's scheduler
                      guidance:float=4.0, # classifier-free guidance scale
                      batch:int=20 # images per pipeline call
                     )->pd.DataFrame: # caption, colour, shape, size, found, colour_found, shape_found, size_found, image
@@ -90,7 +90,7 @@ def generation_check(pipe, # a StableDiffusionPipeline of the scene world
     images = []
     for i in range(0, n, batch):
         g = torch.Generator("cpu").manual_seed(seed * 100_003 + i)
-        images += pipe(caps[i:i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=g,
+        images += pipe(caps[i:i + batch], num_inference_steps=num_inference_steps, guidance_scale=guidance, generator=g,
                        height=side, width=side, output_type="pil").images
     rows = []
     for (scene, cap), im in zip(examples, images):

@@ -30,7 +30,7 @@ __all__ = ['UNUSED', 'RUN_WRITES', 'MAX_VAL_N', 'MAX_SHOTS', 'PromptConfig', 'ra
 @dataclass
 class PromptConfig:
     "Settings of a prompt-learning run (saved as `config.json`; a resumed run must match)."
-    steps:int=100 # optimisation steps
+    train_steps:int=100 # optimiser steps (the validation grid's size is `val_steps`, as `DSDScorer`'s `steps`)
     batch_size:int=8 # examples per step (over all processes and micro-batches)
     grad_accum:int=1 # micro-batches per step
     lr:float=1e-4
@@ -58,7 +58,7 @@ class PromptConfig:
     keep_best:bool=False # end with the adapter of the best validation (mean pairwise accuracy over kinds, then loss; step 0 = the unchanged model competes); needs val
     def __post_init__(self):
         "Check every setting once (`DSDInputError` naming it); `val_seeds` becomes a list (config.json round-trips it)."
-        for k in ("steps", "batch_size", "grad_accum", "draws", "rank", "soft_tokens", "ckpt_every", "val_every", "val_draws", "chunk_size"):
+        for k in ("train_steps", "batch_size", "grad_accum", "draws", "rank", "soft_tokens", "ckpt_every", "val_every", "val_draws", "chunk_size"):
             check(getattr(self, k), k, lo=1)
         if self.batch_size % self.grad_accum: raise DSDInputError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum "
                                                                   f"({self.grad_accum})")
@@ -244,7 +244,7 @@ def _resume(run:RunFolder|None, tr:Trainable, opt)->tuple: # (step, log, best); 
 
 def _finish(run, acc, tr:Trainable, pipe, unet, c:PromptConfig, step:int, log:list, best)->pd.DataFrame:
     "The kept copy restored (keep_best, finished), the metrics, the trained part and done.json (finished); the pipeline ready to score."
-    finished, main = step >= c.steps, run is not None and acc.is_main_process
+    finished, main = step >= c.train_steps, run is not None and acc.is_main_process
     if c.keep_best and finished and best is not None: tr.set_state(best["state"])
     df = _write_metrics(log, run.out if main else None)
     df.attrs["selected_step"] = best["step"] if c.keep_best and best is not None and finished else step
@@ -283,18 +283,18 @@ def train_prompt(pipe, # a StableDiffusionPipeline (see `load_pipeline`); gets a
     if c.keep_best and step == 0:  # the unchanged model (the trained part starts as a no-op) is the first candidate
         v, best = _validation(val_scorers, val, c, unet, tr, 0, None); log = [dict(step=0, **v)]
     t0 = time.time()
-    with tqdm(total=c.steps, initial=step, desc="prompt learning", disable=not (progress and acc.is_main_process)) as bar:
-        while step < c.steps:
+    with tqdm(total=c.train_steps, initial=step, desc="prompt learning", disable=not (progress and acc.is_main_process)) as bar:
+        while step < c.train_steps:
             row = _train_step(acc, unet, opt, scorer, tr, train, step, c, cache); step += 1
-            if val and (step % c.val_every == 0 or step == c.steps):
+            if val and (step % c.val_every == 0 or step == c.train_steps):
                 v, best = _validation(val_scorers, val, c, unet, tr, step, best); row.update(v)
             log.append(row)
             bar.update(1); bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_acc']:.2f}")
             stopping = (max_minutes is not None and (time.time() - t0) / 60 > max_minutes) or (stop_after is not None and step >= stop_after)
-            if run is not None and acc.is_main_process and (step % c.ckpt_every == 0 or step == c.steps or stopping):
+            if run is not None and acc.is_main_process and (step % c.ckpt_every == 0 or step == c.train_steps or stopping):
                 _checkpoint(run, tr, opt, step, log, best)
             acc.wait_for_everyone()
-            if stopping and step < c.steps: break
+            if stopping and step < c.train_steps: break
     return _finish(run, acc, tr, pipe, unet, c, step, log, best)
 
 # %% ../nbs/12c_prompt_learning.ipynb #ff55674a

@@ -10,7 +10,7 @@ from dsd_nb.prompt_learning import PromptConfig, train_prompt
 
 out = sys.argv[1]
 shots = scene_ranking_examples("fewshot", 4, direction="i2t")
-cfg = PromptConfig(steps=3, batch_size=4, grad_accum=1, lr=3e-3, ckpt_every=10, val_every=10, chunk_size=16)
+cfg = PromptConfig(train_steps=3, batch_size=4, grad_accum=1, lr=3e-3, ckpt_every=10, val_every=10, chunk_size=16)
 train_prompt(load_pipeline("tiny-random"), shots, None, out=out, config=cfg, progress=False)
 from accelerate import PartialState
 if PartialState().is_main_process: print("world", PartialState().num_processes)

@@ -141,7 +141,7 @@ def test_batch_indices_cover_each_epoch():
 
 # ----------------------------------------------------------------------------- training and checkpoints
 
-CFG = dict(steps=6, batch_size=2, lr=1e-2, ckpt_every=2, val_every=3, val_draws=1, chunk_size=32)
+CFG = dict(train_steps=6, batch_size=2, lr=1e-2, ckpt_every=2, val_every=3, val_draws=1, chunk_size=32)
 
 
 def test_training_lowers_the_training_loss(shots):
@@ -150,7 +150,7 @@ def test_training_lowers_the_training_loss(shots):
     add_lora(p, "probe")  # an identity adapter, to measure the base model with the same code path
     before = evaluate_ranking(sc, shots, draws=2)["loss"]
     q = tiny_pipeline(seed=0)
-    train_prompt(q, shots, config=PromptConfig(**{**CFG, "steps": 12, "lr": 2e-2}), progress=False)
+    train_prompt(q, shots, config=PromptConfig(**{**CFG, "train_steps": 12, "lr": 2e-2}), progress=False)
     after = evaluate_ranking(DSDScorer(q, seed=0), shots, draws=2)["loss"]
     assert after < before, (before, after)
 
@@ -166,7 +166,7 @@ def test_few_shot_improves_held_out_ranking_on_the_default_model():
     pipe = load_pipeline()
     sc = DSDScorer(pipe, seed=0)
     b_train, b_held = evaluate_ranking(sc, train, draws=4), evaluate_ranking(sc, held, draws=4)
-    train_prompt(pipe, train, config=PromptConfig(steps=30, batch_size=8, lr=3e-3, seed=0, val_every=10**6, ckpt_every=10**6), progress=False)
+    train_prompt(pipe, train, config=PromptConfig(train_steps=30, batch_size=8, lr=3e-3, seed=0, val_every=10**6, ckpt_every=10**6), progress=False)
     sc = DSDScorer(pipe, seed=0)
     a_train, a_held = evaluate_ranking(sc, train, draws=4), evaluate_ranking(sc, held, draws=4)
     assert a_train["loss"] < 0.7 * b_train["loss"], (b_train, a_train)
@@ -188,7 +188,7 @@ def test_evaluate_ranking_on_the_timestep_grid(pipe):
 
 
 def test_keep_best_selects_restores_and_resumes(tmp_path, shots):
-    cfg = PromptConfig(**{**CFG, "steps": 6, "lr": 0.3, "val_every": 2, "keep_best": True, "ckpt_every": 1})
+    cfg = PromptConfig(**{**CFG, "train_steps": 6, "lr": 0.3, "val_every": 2, "keep_best": True, "ckpt_every": 1})
     p1 = tiny_pipeline(seed=0)
     log1 = train_prompt(p1, shots, shots, out=tmp_path / "a", config=cfg, progress=False)
     vals = log1.dropna(subset=["val_accuracy"])
@@ -219,25 +219,25 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, shots):
     p2 = tiny_pipeline(seed=0)
     log2 = train_prompt(p2, shots, shots[:1], out=tmp_path / "b", config=cfg, progress=False)
     for a, b in zip(lora_parameters(p1.unet), lora_parameters(p2.unet)): assert torch.equal(a, b)
-    assert log1.loss.tolist() == log2.loss.tolist() and len(log2) == cfg.steps
+    assert log1.loss.tolist() == log2.loss.tolist() and len(log2) == cfg.train_steps
     assert "val_accuracy" in log1.columns and log1.val_accuracy.notna().sum() == 2
     # the final adapter is in the diffusers layout and loads into a stock pipeline
     fresh = tiny_pipeline(seed=0)
     with quiet_libraries(): fresh.load_lora_weights(str(tmp_path / "a" / "adapter"), adapter_name="x")
     for a, b in zip(lora_parameters(p1.unet), lora_parameters(fresh.unet, "x")): assert torch.equal(a, b)
     metrics = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
-    assert metrics[0].startswith("step,loss,train_acc") and len(metrics) == cfg.steps + 1
+    assert metrics[0].startswith("step,loss,train_acc") and len(metrics) == cfg.train_steps + 1
 
 
 def test_run_folder_protection(tmp_path, shots):
-    cfg = PromptConfig(**{**CFG, "steps": 2})
+    cfg = PromptConfig(**{**CFG, "train_steps": 2})
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, progress=False)
     with pytest.raises(DSDInputError, match="finished run"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, progress=False)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, overwrite=True, progress=False)
-    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "steps": 4}), stop_after=1, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "train_steps": 4}), stop_after=1, progress=False)
     with pytest.raises(DSDInputError, match="other settings"):
-        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "steps": 4, "lr": 1.0}), progress=False)
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=PromptConfig(**{**CFG, "train_steps": 4, "lr": 1.0}), progress=False)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, stop_after=1, run_info=dict(shots="4"), progress=False)
     with pytest.raises(DSDInputError, match="other settings"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, run_info=dict(shots="8"), progress=False)
@@ -276,7 +276,7 @@ def test_run_folder_protection(tmp_path, shots):
     # settings that wreck the weights: refused up front (lr > 1), or stopped when the loss or the weights stop being finite
     with pytest.raises(DSDInputError, match="lr must be at most 1"): PromptConfig(lr=1e39)
     with pytest.raises(DSDInputError, match="training diverged at step") as e:
-        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "nan", config=PromptConfig(**{**CFG, "steps": 3, "lr": 1.0, "weight_decay": 1e38}), progress=False)
+        train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "nan", config=PromptConfig(**{**CFG, "train_steps": 3, "lr": 1.0, "weight_decay": 1e38}), progress=False)
     assert "alpha" not in str(e.value)  # alpha was not set: not advice to lower it
     assert not (tmp_path / "nan" / "done.json").exists() and not (tmp_path / "nan" / "adapter").exists()  # no broken adapter saved
     with pytest.raises(DSDInputError, match="val_steps .* at most 1000"): train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "w", config=PromptConfig(val_steps=1001), progress=False)
@@ -296,7 +296,7 @@ def test_run_folder_protection(tmp_path, shots):
 
 def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     "A soft prompt under a LoRA run (or a LoRA under a soft-prompt run) shapes the scores: config.json records it, and a resume without it is refused."
-    cfg = PromptConfig(**{**CFG, "steps": 4})
+    cfg = PromptConfig(**{**CFG, "train_steps": 4})
     p = tiny_pipeline(seed=0); add_soft_prompt(p, 2, init=torch.randn(2, p.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(0)))
     train_prompt(p, shots, out=tmp_path / "l", config=cfg, stop_after=1, progress=False)
     frozen = json.loads((tmp_path / "l" / "config.json").read_text())["frozen"]
@@ -315,7 +315,7 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     assert torch.equal(next(iter(load_file(tmp_path / "l" / "frozen" / "soft_prompt.safetensors").values())), soft_prompt(o).detach().cpu())
     # a soft-prompt run records the active LoRA it trains under
     r = tiny_pipeline(seed=0); add_lora(r, "base", seed=3)
-    sp = PromptConfig(**{**CFG, "steps": 2, "method": "soft_prompt", "soft_tokens": 2})
+    sp = PromptConfig(**{**CFG, "train_steps": 2, "method": "soft_prompt", "soft_tokens": 2})
     train_prompt(r, shots, out=tmp_path / "s", config=sp, stop_after=1, progress=False)
     assert list(json.loads((tmp_path / "s" / "config.json").read_text())["frozen"]["unet_adapters"]) == ["base"]
     ad = load_file(tmp_path / "s" / "frozen" / "base" / "pytorch_lora_weights.safetensors")  # saved in the stock LoRA layout
@@ -324,7 +324,7 @@ def test_resume_needs_the_same_frozen_extras(tmp_path, shots):
     assert ref and {k[len("unet."):] for k in ad} == set(ref) and all(torch.equal(ad["unet." + k], v.cpu()) for k, v in ref.items())
     with pytest.raises(DSDInputError, match="other frozen parts attached"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "s", config=sp, progress=False)
-    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "b", config=PromptConfig(**{**CFG, "steps": 1}), progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "b", config=PromptConfig(**{**CFG, "train_steps": 1}), progress=False)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["frozen"] == {}  # nothing else attached
     assert not (tmp_path / "b" / "frozen").exists()
     # the refusal names what to attach
@@ -437,7 +437,7 @@ def test_two_processes_train_like_one(tmp_path):
 
 def test_dsd_train_command(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "04", "--steps", "2",
+    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "04", "--train_steps", "2",
             "--batch_size", "2", "--val_n", "2", "--val_every", "2", "--lr", "1e-3"]
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -445,7 +445,7 @@ def test_dsd_train_command(tmp_path):
     run = tmp_path / "run"
     assert (run / "adapter" / "pytorch_lora_weights.safetensors").exists() and (run / "metrics.csv").exists()
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["steps"] == 2 and cfg["rank"] == 4 and cfg["margin"] == 0.1 and cfg["lr"] == 1e-3
+    assert cfg["train_steps"] == 2 and cfg["rank"] == 4 and cfg["margin"] == 0.1 and cfg["lr"] == 1e-3
     assert cfg["run"]["shots"] == "4"  # "04" and "4" are the same run
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "finished run" in again.stderr and "Traceback" not in again.stderr
@@ -468,7 +468,7 @@ def test_dsd_train_command(tmp_path):
 
 def test_dsd_train_soft_prompt_and_val_seeds(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "4", "--steps", "2",
+    args = [_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--shots", "4", "--train_steps", "2",
             "--batch_size", "2", "--val_n", "2", "--val_every", "2", "--lr", "0.05", "--method", "soft_prompt", "--soft_tokens", "3",
             "--val_steps", "2", "--val_seeds", "5,6", "--keep_best"]
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
@@ -509,7 +509,7 @@ def test_soft_prompt_starts_as_a_no_op_and_changes_only_after_the_end_token():
 
 
 def test_soft_prompt_training_resumes_and_selects_like_lora(tmp_path, shots):
-    cfg = PromptConfig(**{**CFG, "method": "soft_prompt", "soft_tokens": 4, "lr": 0.5, "steps": 6, "val_every": 2, "keep_best": True, "ckpt_every": 1})
+    cfg = PromptConfig(**{**CFG, "method": "soft_prompt", "soft_tokens": 4, "lr": 0.5, "train_steps": 6, "val_every": 2, "keep_best": True, "ckpt_every": 1})
     p1 = tiny_pipeline(seed=0)
     log1 = train_prompt(p1, shots, shots, out=tmp_path / "a", config=cfg, progress=False)
     assert not getattr(p1.unet, "peft_config", {})                   # no LoRA: only the soft prompt trained
@@ -542,16 +542,16 @@ def test_soft_prompt_file_errors(tmp_path):
     assert soft_prompt(p) is None                                     # refused calls attach nothing
     add_soft_prompt(p, 2)
     with pytest.raises(DSDInputError, match="already has a soft prompt"):
-        train_prompt(p, scene_ranking_examples("fewshot", 2, direction="i2t"), config=PromptConfig(method="soft_prompt", steps=1, batch_size=2), progress=False)
+        train_prompt(p, scene_ranking_examples("fewshot", 2, direction="i2t"), config=PromptConfig(method="soft_prompt", train_steps=1, batch_size=2), progress=False)
 
 
 def test_soft_prompt_refusals_leave_usable_folders(tmp_path, shots):
     with pytest.raises(DSDInputError, match="soft_tokens must be at most 75"): PromptConfig(method="soft_prompt", soft_tokens=76)
     with pytest.raises(DSDInputError, match="non-empty list of seeds"): PromptConfig(val_seeds=(s for s in [3, 4]))
-    cfg = PromptConfig(method="soft_prompt", soft_tokens=2, steps=2, batch_size=2, draws=1, ckpt_every=1)
+    cfg = PromptConfig(method="soft_prompt", soft_tokens=2, train_steps=2, batch_size=2, draws=1, ckpt_every=1)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=cfg, progress=False)
     assert (tmp_path / "r" / "soft_prompt.safetensors").exists()
-    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=PromptConfig(steps=2, batch_size=2), overwrite=True, progress=False)
+    train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "r", config=PromptConfig(train_steps=2, batch_size=2), overwrite=True, progress=False)
     assert not (tmp_path / "r" / "soft_prompt.safetensors").exists() and (tmp_path / "r" / "adapter").exists()  # no stale file
     # a damaged checkpoint gets a clear error naming what to remove
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "d", config=cfg, stop_after=1, progress=False)
@@ -565,7 +565,7 @@ def test_soft_prompt_refusals_leave_usable_folders(tmp_path, shots):
     assert (tmp_path / "d" / "done.json").exists()
     # an unfinished run of other settings: refused, naming the ways out; replaced with overwrite=True
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=cfg, stop_after=1, progress=False)
-    lora = PromptConfig(steps=2, batch_size=2, draws=1)
+    lora = PromptConfig(train_steps=2, batch_size=2, draws=1)
     with pytest.raises(DSDInputError, match="unfinished run with other settings.*overwrite=True"):
         train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=lora, progress=False)
     train_prompt(tiny_pipeline(seed=0), shots, out=tmp_path / "u", config=lora, overwrite=True, progress=False)
@@ -595,7 +595,7 @@ def test_a_scorer_made_before_the_soft_prompt_follows_it(shots):
 
 
 def test_val_seeds_average_fixed_noise_banks(shots):
-    cfg = dict(steps=2, batch_size=2, lr=1e-3, val_every=2, val_steps=2, draws=1, val_seeds=[3, 4], keep_best=True)
+    cfg = dict(train_steps=2, batch_size=2, lr=1e-3, val_every=2, val_steps=2, draws=1, val_seeds=[3, 4], keep_best=True)
     rows = [train_prompt(tiny_pipeline(seed=0), shots, shots, config=PromptConfig(seed=s, **cfg), progress=False).iloc[0] for s in (0, 1)]
     base = tiny_pipeline(seed=0)
     per_bank = [evaluate_ranking(DSDScorer(base, seed=b, steps=2), shots, grid=True) for b in (3, 4)]
@@ -621,7 +621,7 @@ def test_comvg_examples(tmp_path):
     # dsd-train opens the images of its shots before it writes anything (it used to write config.json first)
     def train(*extra):
         return subprocess.run([_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--dataset", str(tmp_path / "c" / "comvg.csv"),
-                               "--val_n", "0", "--steps", "1", *extra], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+                               "--val_n", "0", "--train_steps", "1", *extra], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     first = Path(ex[0].images[0]); first.unlink()  # the first row's image: the others keep their own extension (all used to become .jpg)
     assert [Path(p).suffix for p in comvg_ranking_examples(tmp_path / "c" / "comvg.csv")[1].images] == [".png", ".png"]
     r = train("--shots", "1.0")
@@ -640,7 +640,7 @@ def test_comvg_examples(tmp_path):
 
 def test_bf16_mixed_precision_then_plain_scoring(shots):
     p = tiny_pipeline(seed=0)
-    log = train_prompt(p, shots, config=PromptConfig(**{**CFG, "steps": 2, "mixed_precision": "bf16"}), progress=False)
+    log = train_prompt(p, shots, config=PromptConfig(**{**CFG, "train_steps": 2, "mixed_precision": "bf16"}), progress=False)
     assert len(log) == 2 and log.loss.notna().all()
     q = tiny_pipeline(seed=0); add_lora(q, "default")
     with torch.no_grad():
@@ -657,7 +657,7 @@ def test_dsd_train_stops_cleanly_on_sigterm(tmp_path):
     import signal, time
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    p = subprocess.Popen([_exe("dsd-train"), "--out", str(run), "--model", "tiny-random", "--shots", "4", "--steps", "100000",
+    p = subprocess.Popen([_exe("dsd-train"), "--out", str(run), "--model", "tiny-random", "--shots", "4", "--train_steps", "100000",
                           "--batch_size", "2", "--val_n", "0", "--ckpt_every", "1", "--lr", "1e-3"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     t0 = time.time()

@@ -59,7 +59,7 @@ def test_recipe_and_card_agree(scene_pipe):
 
 
 def test_generation_on_fixed_captions(scene_pipe):
-    df = generation_check(scene_pipe, n=10, seed=0, split="test", steps=20, guidance=json.loads((FOLDER / "metrics.json").read_text())["generation"]["guidance"])
+    df = generation_check(scene_pipe, n=10, seed=0, split="test", num_inference_steps=20, guidance=json.loads((FOLDER / "metrics.json").read_text())["generation"]["guidance"])
     assert len(df) == 10 and df.found.mean() >= THRESH["generation"], df[["caption", "found"]]
 
 
