@@ -19,21 +19,14 @@ from .runs import RunFolder, has_checkpoint
 import PIL.Image, PIL.ImageDraw
 from .attention import AttentionCapture
 from .scenes import (SHAPES, COLOURS, SIZES, RELATIONS, sample_scene, sample_examples, describe, render, draw_shape,
-                           split_allowed, _TEMPLATES1, _TEMPLATES2)
+                           split_allowed, world_words)
 
 # %% auto #0
-__all__ = ['SCENE_SD', 'GROUND', 'SCENE_WRITES', 'MAX_POOL_SIZE', 'world_words', 'scene_sd_components', 'train_loop',
-           'scene_batch', 'train_vae', 'latent_pool', 'train_denoiser', 'object_masks', 'word_owners', 'mask_shares',
-           'grounding_loss', 'assemble_pipeline', 'train_scene_sd']
+__all__ = ['SCENE_SD', 'GROUND', 'SCENE_WRITES', 'MAX_POOL_SIZE', 'scene_sd_components', 'train_loop', 'scene_batch', 'train_vae',
+           'latent_pool', 'train_denoiser', 'object_masks', 'word_owners', 'mask_shares', 'grounding_loss',
+           'assemble_pipeline', 'train_scene_sd']
 
 # %% ../nbs/07_scene_sd.ipynb #e8e09b1c
-def world_words()->list:
-    "Every word the scene world's captions use."
-    ws = set(SHAPES) | set(COLOURS) | set(SIZES) | {"a", "an"}
-    for t in list(_TEMPLATES1) + [t for ts in _TEMPLATES2.values() for t in ts]:
-        ws |= {w for w in t.replace("{s}", "").replace("{a}", "").replace("{b}", "").split()}
-    return sorted(ws)
-
 SCENE_SD = dict(resolution=64, text_dim=64, unet_channels=(48, 96, 96), seed=0)
 
 def scene_sd_components(seed:int=0, # seed for the initial weights

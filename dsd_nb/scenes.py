@@ -16,9 +16,10 @@ from .inputs import IMAGE_SUFFIXES
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'RELATIONS', 'INVERSE', 'BACKGROUND', 'NEG_KINDS', 'HELD_OUT_PAIRS', 'SPLITS',
-           'COMVG_COLUMNS', 'MAX_INDEX', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true', 'draw_shape',
-           'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed', 'sample_examples',
-           'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example', 'write_scene_example']
+           'COMVG_COLUMNS', 'MAX_INDEX', 'Obj', 'Scene', 'Phrase', 'relation', 'Caption', 'is_true', 'world_words',
+           'draw_shape', 'render', 'sample_scene', 'describe', 'negative', 'negative_scene', 'split_allowed',
+           'sample_examples', 'write_comvg', 'read_comvg', 'write_i2t', 'Detection', 'detect', 'scene_example',
+           'write_scene_example']
 
 # %% ../nbs/06_scenes.ipynb #2a26c82d
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
@@ -93,6 +94,15 @@ def is_true(c:Caption, s:Scene)->bool:
     if c.relation is None: return any(c.subject.matches(o) for o in s.objects)
     return any(c.subject.matches(a) and c.object.matches(b) and relation(a, b) == c.relation
                for i, a in enumerate(s.objects) for j, b in enumerate(s.objects) if i != j)
+
+# %% ../nbs/06_scenes.ipynb #68510089
+def world_words()->list:
+    "Every word the scene world's captions use."
+    ws = set(SHAPES) | set(COLOURS) | set(SIZES) | {"a", "an"}
+    for t in list(_TEMPLATES1) + [t for ts in _TEMPLATES2.values() for t in ts]:
+        ws |= {w for w in t.replace("{s}", "").replace("{a}", "").replace("{b}", "").split()}
+    return sorted(ws)
+
 
 # %% ../nbs/06_scenes.ipynb #cd6e40b2
 def _shape_points(shape, cx, cy, r):
