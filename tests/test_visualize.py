@@ -18,7 +18,7 @@ def scene():
     return render(s, 64), [cap.text()] + [c.text() for _, c in negs][:2]
 
 
-def traced(scorer, image, captions, **kw):
+def trace_call(scorer, image, captions, **kw):
     "One traced scoring call of `image` against `captions`."
     with scorer.trace(**kw) as tr: scorer.score(image, captions)
     return tr
@@ -37,7 +37,7 @@ def traced(pipe, scene):
     image, caps = scene
     sc = DSDScorer(pipe, steps=3, seed=0, layers="all_cross")
     c = Calls(pipe.unet)
-    try: tr = traced(sc, image, caps)
+    try: tr = trace_call(sc, image, caps)
     finally: c.remove()
     return sc, tr, c.n
 
@@ -134,7 +134,7 @@ def test_trace_maps_match_a_direct_capture(pipe, traced):
 def test_trace_per_head_pooling_dtype_and_budget(pipe, scene):
     image, caps = scene
     sc = DSDScorer(pipe, steps=2, seed=0, layers="all_cross")
-    tr = traced(sc, image, caps[:2], per_head=True, max_grid=4, dtype=torch.float16)
+    tr = trace_call(sc, image, caps[:2], per_head=True, max_grid=4, dtype=torch.float16)
     for l in tr.layers:
         p = tr.probs[l.name]
         assert p.dtype == torch.float16 and p.shape[2] == l.heads
@@ -142,11 +142,11 @@ def test_trace_per_head_pooling_dtype_and_budget(pipe, scene):
         torch.testing.assert_close(p.float().sum(3), torch.ones(p.shape[:3] + p.shape[4:]), atol=5e-3, rtol=0)
     c = Calls(pipe.unet)
     try:
-        with pytest.raises(DSDInputError, match="max_bytes"): traced(sc, image, caps, max_bytes=100)
+        with pytest.raises(DSDInputError, match="max_bytes"): trace_call(sc, image, caps, max_bytes=100)
     finally: c.remove()
     assert c.n == 0                                   # refused before any UNet call
     with pytest.raises(DSDInputError, match="reference_parity=False"):
-        traced(DSDScorer(pipe, steps=2, reference_parity=True), image, caps)
+        trace_call(DSDScorer(pipe, steps=2, reference_parity=True), image, caps)
 
 
 def test_word_maps_and_lookup_errors(traced):
