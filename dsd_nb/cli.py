@@ -44,6 +44,7 @@ def run_command(prog:str, # the command's name, e.g. "dsd-score"
     p = anno_parser(func, prog=prog); p.error = _one_line_error(prog)
     args = vars(p.parse_intermixed_args(argv) if intermixed else p.parse_args(argv))
     args.pop("pdb", None); args.pop("xtra", None)
+    flags = {a.dest for a in p._actions if a.option_strings}  # a message naming a flag's setting names the flag; positionals stay as they are
     if long_running: console_setup()
     with quiet_libraries(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -51,7 +52,7 @@ def run_command(prog:str, # the command's name, e.g. "dsd-score"
         try: out = func(**args)
         except errors as e:
             msg = str(e)
-            if isinstance(e, DSDInputError) and msg.split(" ", 1)[0].rstrip(":") in args: msg = "--" + msg
+            if isinstance(e, DSDInputError) and msg.split(" ", 1)[0].rstrip(":") in flags: msg = "--" + msg
             sys.stderr.write(f"{prog}: error: {msg}\n"); return 2
         except KeyboardInterrupt:
             sys.stderr.write(f"{prog}: {interrupted(args) if callable(interrupted) else interrupted}\n"); return 130
