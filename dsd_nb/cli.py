@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses, json as _json, os, re, sys, warnings
 from pathlib import Path
 from typing import Callable
-import torch
+import PIL.Image, torch
 from fastcore.script import Param, anno_parser, store_true
 from .core import DSDInputError, check, check_seed, reference_timesteps, MAX_SEED
 from .plumbing import print_stdout, console_setup
@@ -108,7 +108,17 @@ def read_stdin_image()->bytes:
     if not raw: raise DSDInputError("image '-' means standard input, and it was empty: pipe an image file in (`< photo.png`)")
     return raw
 
-def _is_image_arg(a:str)->bool: return a == "-" or (Path(a).suffix.lower() in IMAGE_SUFFIXES and Path(a).expanduser().is_file())
+def _image_suffixes()->set: return set(IMAGE_SUFFIXES) | set(PIL.Image.registered_extensions())  # .gif, .ico, ... too
+
+def _is_image_arg(a:str)->bool:
+    "'-', or an existing file with an image extension, or one without an extension that PIL recognises."
+    p = Path(a).expanduser()
+    if a == "-": return True
+    if not p.is_file(): return False
+    if p.suffix: return p.suffix.lower() in _image_suffixes()
+    try:
+        with PIL.Image.open(p): return True
+    except Exception: return False
 
 def split_images_captions(args:list # the positional arguments of `dsd-score`, as typed
                          )->tuple: # (image arguments, captions)
@@ -116,6 +126,16 @@ def split_images_captions(args:list # the positional arguments of `dsd-score`, a
     n = 1 if args else 0
     while n < len(args) and _is_image_arg(args[n]): n += 1
     return list(args[:n]), list(args[n:])
+
+def _path_trouble(a:str)->str|None:
+    "Why caption `a` looks like a file path that is not a readable image (a typo, a folder, a text file), or None."
+    p = Path(a).expanduser()
+    if a == "-" or not a or any(ch.isspace() for ch in a): return None  # words, not a path
+    if p.is_dir(): return f"'{a}' is a folder: give its image files (e.g. {a.rstrip(os.sep)}{os.sep}*.png)"
+    if not (os.sep in a or p.suffix): return None
+    if p.is_file() and not _is_image_arg(a): return f"'{a}' is a file but not an image: give image files, then the captions"
+    if not p.exists() and p.suffix.lower() in _image_suffixes(): return f"image file '{a}' does not exist: check the path"
+    return None
 
 # %% ../nbs/14_cli.ipynb #2128a3b5
 def _ranking_table(res, i:int, model, mode, seed, image=None)->str:
@@ -131,7 +151,11 @@ def _ranking_object(res, i:int, image, model, mode, steps, seed)->dict:
 
 def _captions(caps:list, captions_file, image_args:list)->list:
     "The captions typed and those of `captions_file`, with a warning for a caption that names an image file."
+    if image_args[0] != "-" and not Path(image_args[0]).expanduser().is_file() and not _path_trouble(image_args[0]) \
+       and any(map(_is_image_arg, image_args[1:] + caps)):
+        raise DSDInputError(f"the first argument {image_args[0]!r} is not an image file: give the images first, then the captions")
     for c in caps:
+        if why := _path_trouble(c): raise DSDInputError(why)
         if c != "-" and _is_image_arg(c): warnings.warn(f"caption {c!r} is the name of an image file; images go before the captions")
     if image_args.count("-") > 1: raise DSDInputError("standard input can carry one image: give the others as files")
     if captions_file is not None:

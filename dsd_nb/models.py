@@ -267,6 +267,9 @@ def resolve_model(name_or_path:str|None=None # built-in name, local folder, or h
                             "not an existing folder, and not a hub id like 'owner/name'")
     from huggingface_hub import try_to_load_from_cache
     if isinstance(try_to_load_from_cache(name, "model_index.json"), str): return name, True
+    if p.parent.is_dir() and (_offline() or not _hub_reachable()):  # 'runs/my-model' with runs/ here: a mistyped folder, most likely
+        raise DSDInputError(f"there is no folder '{p}' (its parent '{p.parent}' exists), and no model {name!r} in the local "
+                            "Hugging Face cache: check the path")
     if _offline():
         raise DSDInputError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                             "download it on a machine with internet (e.g. `hf download`) or pass a local folder")

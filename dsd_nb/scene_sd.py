@@ -340,7 +340,9 @@ def train_scene_sd(out, # output folder
     run = RunFolder(out, settings, "dsd-train-scene-sd", overwrite=None, writes=SCENE_WRITES, what="output folder",
                     free=() if has_checkpoint(out, "ground") else tuple(k for k in settings if k.startswith("ground_")))  # stage 3 may change until it starts
     out = run.out
-    if run.done is not None and _same_model(run.done["settings"], settings): return out / "pipeline"  # nothing to do; the pipeline stays as it is
+    if run.done is not None and _same_model(run.done["settings"], settings):  # nothing to do; the pipeline stays as it is
+        if progress: print(f"{out} holds this finished run already: nothing to train (choose another folder to train again)", file=sys.stderr)
+        return out / "pipeline"
     torch.manual_seed(seed)  # library code that draws without a generator (none expected) stays reproducible
     t0 = time.time()
     comps = scene_sd_components(seed=seed, **{k: v for k, v in SCENE_SD.items() if k != "seed"})
