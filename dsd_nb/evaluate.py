@@ -20,19 +20,27 @@ __all__ = ['RankingExample', 'scene_ranking_examples', 'example_generator', 'fil
 # %% ../nbs/08_evaluate.ipynb #0d613bc6
 @dataclass
 class RankingExample:
-    "One query with its candidates, positive first: 1 image x C captions (i2t) or C images x 1 caption (t2i)."
-    images: list # PIL images (or paths): 1 for i2t, C >= 2 for t2i
+    """One block to score and what is true in it. A ranking: 1 image x C captions (i2t) or C images x 1 caption (t2i),
+    positive first. A group (N x M, e.g. Winoground's 2 x 2): `truth` lists its matching (image, caption) pairs."""
+    images: list # PIL images, paths or `ImageRef`s: 1 for i2t, C >= 2 for t2i
     captions: list # str: C >= 2 for i2t, 1 for t2i
-    kinds: tuple = () # the kind of each negative (C - 1 names), e.g. "subject"
+    kinds: tuple = () # a ranking's kind of each negative (C - 1 names), e.g. "subject"
+    id: str|None = None # a stable name (the benchmark's record id); benchmark runs seed the example's noise with it
+    subset: str = "" # the part of a benchmark it belongs to (a file, a subtask, a tag)
+    group: str = "" # what a macro average groups by (ARO's relation or attribute pair)
+    truth: tuple|None = None # a group's matching (image, caption) index pairs; None: a ranking, positive first
     def __post_init__(self):
         ni, nc = len(self.images), len(self.captions)
-        if not ((ni == 1 and nc >= 2) or (nc == 1 and ni >= 2)):
+        if self.truth is not None:
+            if not self.truth or any(not (0 <= i < ni and 0 <= m < nc) for i, m in self.truth):
+                raise DSDInputError(f"truth must list (image, caption) pairs within {ni} images x {nc} captions; got {self.truth}")
+        elif not ((ni == 1 and nc >= 2) or (nc == 1 and ni >= 2)):
             raise DSDInputError(f"a ranking example needs 1 image and >= 2 captions, or 1 caption and >= 2 images; "
                                 f"got {ni} images, {nc} captions")
         if self.kinds and len(self.kinds) != self.n_candidates - 1:
             raise DSDInputError(f"kinds names {len(self.kinds)} negatives but the example has {self.n_candidates - 1}")
     @property
-    def direction(self): return "i2t" if len(self.images) == 1 else "t2i"
+    def direction(self): return "group" if self.truth is not None else "i2t" if len(self.images) == 1 else "t2i"
     @property
     def n_candidates(self): return max(len(self.images), len(self.captions))
 
@@ -45,14 +53,16 @@ def scene_ranking_examples(split:str="fewshot", # a scene-world split (`SPLITS`)
     "Scene-world ranking examples: each two-object scene with its true caption and one hard negative of each kind."
     check(direction, "direction", "choice", choices=("i2t", "t2i", "both"))
     rng, allowed, out = random.Random(f"{tag}-{split}-{seed}"), split_allowed(split), []
-    for scene, cap in sample_examples(split, n, seed, p_single=0.0):
+    for j, (scene, cap) in enumerate(sample_examples(split, n, seed, p_single=0.0)):
         img = render(scene, size)
         if direction in ("i2t", "both"):
             negs = [(k, c) for k in kinds if (c := negative(cap, scene, k, rng)) is not None]
-            out.append(RankingExample([img], [cap.text()] + [c.text() for _, c in negs], tuple(k for k, _ in negs)))
+            out.append(RankingExample([img], [cap.text()] + [c.text() for _, c in negs], tuple(k for k, _ in negs),
+                                      id=f"{split}-{seed}-{j}-i2t", subset="i2t"))
         if direction in ("t2i", "both"):
             negs = [(k, s) for k in kinds if (s := negative_scene(cap, scene, k, rng, allowed)) is not None]
-            out.append(RankingExample([img] + [render(s, size) for _, s in negs], [cap.text()], tuple(k for k, _ in negs)))
+            out.append(RankingExample([img] + [render(s, size) for _, s in negs], [cap.text()], tuple(k for k, _ in negs),
+                                      id=f"{split}-{seed}-{j}-t2i", subset="t2i"))
     return out
 
 # %% ../nbs/08_evaluate.ipynb #9d9c67d7

@@ -5,6 +5,8 @@
 # %% ../nbs/01_inputs.ipynb #68a5116d
 from __future__ import annotations
 import io, warnings
+from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,7 +17,8 @@ from diffusers.image_processor import VaeImageProcessor
 from .core import DSDInputError, check
 
 # %% auto #0
-__all__ = ['MIN_IMAGE_SIDE', 'RESIZE_MODES', 'IMAGE_SUFFIXES', 'to_rgb', 'load_image', 'images_to_tensor', 'check_captions']
+__all__ = ['MIN_IMAGE_SIDE', 'RESIZE_MODES', 'IMAGE_SUFFIXES', 'to_rgb', 'ImageRef', 'load_image', 'images_to_tensor',
+           'check_captions']
 
 # %% ../nbs/01_inputs.ipynb #1e39d985
 MIN_IMAGE_SIDE = 8 # pixels: smaller images carry too little to score and are refused
@@ -42,6 +45,29 @@ def to_rgb(img:PIL.Image.Image, # a PIL image in any mode
         return PIL.Image.alpha_composite(bg, rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
+# %% ../nbs/01_inputs.ipynb #f419b130
+@dataclass(frozen=True)
+class ImageRef:
+    "An image opened only when it is scored: a file (optionally a pixel box of it), or what `source()` returns."
+    path:str|Path|None=None # an image file
+    box:tuple|None=None # (left, top, right, bottom) in pixels of the opened image; clipped to it; None: the whole image
+    source:Callable|None=None # instead of `path`: a function of no arguments returning a path, bytes or PIL image
+    name:str|None=None # what messages call it (default: the path, or "the image from its source")
+    def __post_init__(self):
+        if (self.path is None) == (self.source is None): raise DSDInputError("an ImageRef needs a path or a source, not both")
+    def exists(self)->bool:
+        "True for a `source`, or a `path` that is an existing file."
+        return self.source is not None or Path(self.path).expanduser().is_file()
+    def __str__(self): return self.name or (str(self.path) if self.path is not None else "the image from its source")
+
+def _open_ref(ref:ImageRef, background)->PIL.Image.Image:
+    img = load_image(ref.source() if ref.source is not None else ref.path, background, name=str(ref))
+    if ref.box is None: return img
+    l, t, r, b = (int(round(v)) for v in ref.box)
+    l, t, r, b = max(l, 0), max(t, 0), min(r, img.width), min(b, img.height)
+    if r - l < 1 or b - t < 1: raise DSDInputError(f"the box {tuple(ref.box)} of {ref} leaves nothing of its {img.width}x{img.height} image")
+    return _check_size(img.crop((l, t, r, b)), f"the box {tuple(ref.box)} of {ref}")
+
 # %% ../nbs/01_inputs.ipynb #58f0c63d
 def _check_size(img, what):
     if min(img.size) < MIN_IMAGE_SIDE:
@@ -49,11 +75,12 @@ def _check_size(img, what):
                             f"{MIN_IMAGE_SIDE} pixels on each side")
     return img
 
-def load_image(src, # a path (str or Path), raw bytes, or a PIL image
+def load_image(src, # a path (str or Path), raw bytes, a PIL image, or an `ImageRef`
                background:tuple=(255, 255, 255), # composited under transparent pixels
                name:str|None=None # what error messages call bytes `src` (default "the image (given as bytes)")
               )->PIL.Image.Image: # 'RGB'
     "Open an image as RGB, with `DSDInputError` for missing, empty, corrupt, non-image or tiny (< 8 px) inputs."
+    if isinstance(src, ImageRef): return _open_ref(src, background)
     if isinstance(src, PIL.Image.Image): return _check_size(to_rgb(src, background), "the image")
     if isinstance(src, (bytes, bytearray)):
         what, fobj = name or "the image (given as bytes)", io.BytesIO(src)
