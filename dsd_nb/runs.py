@@ -38,9 +38,11 @@ class RunFolder:
                  writes:tuple=("checkpoints/", "metrics.csv"), # what a run writes here besides config.json and done.json (folders end in /)
                  free:tuple=(), # settings that may differ from the recorded ones (the new values are recorded)
                  hints:dict|None=None, # setting -> a sentence added to the refusal when that setting differs
-                 what:str="run folder"): # the folder's name in messages
+                 what:str="run folder", # the folder's name in messages
+                 finished_ok:bool=False): # a finished run of the same settings opens as "finished" (an evaluation adds to it)
         self.out, self.settings, self.kind, self.writes = Path(out), settings, kind, writes
         self.ck = self.out / "checkpoints"
+        self.finished_ok = finished_ok
         self.state = self._decide(overwrite, free, hints or {})
         make_folder(self.out, what)
         write_atomic(self.out / "config.json", json.dumps(settings, indent=1))
@@ -68,7 +70,7 @@ def _decide(self, overwrite, free, hints)->str:
         if not overwrite: raise DSDInputError(f"{cfg} is damaged ({why}): pass overwrite=True (--overwrite) to start over, or use "
                                               f"another folder")
         return self.clear()
-    if self.done is not None and overwrite is not None:
+    if self.done is not None and overwrite is not None and not (self.finished_ok and not overwrite):
         if overwrite: return self.clear()
         raise DSDInputError(f"{out} holds a finished run: pass overwrite=True (--overwrite) to replace it, or choose another folder")
     diff = {k: (old[k], v) for k, v in self.settings.items() if k not in free and old[k] != v}
