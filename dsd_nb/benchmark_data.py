@@ -146,8 +146,11 @@ def _read_local(ds, p:Path, split:str):
 # %% ../nbs/08a_benchmark_data.ipynb #e6e86b1e
 def hf_dataset(data, # a hub id ("owner/name"), a save_to_disk folder, or parquet files (a file or a folder of them)
                split:str="test", # the split of a hub dataset (or of a saved DatasetDict)
-               what:str="dataset")->"datasets.Dataset":
+               what:str="dataset",
+               images=None # a loader's image folder: refused, as such a dataset holds its images
+              )->"datasets.Dataset":
     "A Hugging Face dataset from the hub or a local copy; one-line `DSDInputError`s for a missing copy or an unreachable hub."
+    if images is not None: raise DSDInputError(f"the {what} {data} holds its own images: give no image folder")
     p = Path(str(data)).expanduser()
     if p.exists(): return _local_dataset(p, split)
     if str(data).count("/") != 1 or str(data).startswith((".", "/", "~")):
@@ -264,6 +267,7 @@ def load_sugarcrepe(data, # the data/ folder of the seven JSON files (or one of 
         out = [e for f in files for e in _sugarcrepe_file(f, _images_dir(images, base, "images", "val2017", "../val2017"))]
     else:
         check(subset, "subset", "choice", choices=SUGARCREPE_FILES, allow_none=True)
+        if images is not None: raise DSDInputError(f"the SugarCrepe mirror {data} holds its own images: give no image folder")
         out = [e for name, ds in _sugarcrepe_mirrors(data, subset) for e in _sugarcrepe_hf(ds, name, data)]
     return _finish("sugarcrepe", data, out, subset, limit)
 
@@ -299,7 +303,7 @@ def load_winoground(data, # "facebook/winoground", a local copy (save_to_disk or
         out = [_winoground_example(r, _png(imgs, r.get("image_0")), _png(imgs, r.get("image_1")), jl, f"line {n}") if isinstance(r, dict)
                else _text(r, "caption_0", jl, f"line {n}") for n, r in _jsonl_records(jl)]
     else:
-        ds = hf_dataset(data, "test", "Winoground dataset")
+        ds = hf_dataset(data, "test", "Winoground dataset", images)
         rows, img = _hf_rows(ds, ("image_0", "image_1"), "Winoground")
         out = [_winoground_example(r, img["image_0"](i), img["image_1"](i), data, f"row {i}") for i, r in enumerate(rows)]
     return _finish("winoground", data, out, subset, limit)
@@ -378,9 +382,9 @@ def _aro_json(name:str, path:Path, images:Path)->list:
         out.append(RankingExample([im], caps, id=f"{name}/{i}", subset=name.replace("aro_", "vg_"), group=_aro_group(name, r, path, where)))
     return out
 
-# %% ../nbs/08a_benchmark_data.ipynb #12536173
-def _aro_vg_hf(name:str, data)->list:
-    ds = hf_dataset(data, "test", f"ARO {name} dataset")
+# %% ../nbs/08a_benchmark_data.ipynb #a6a3d2a4
+def _aro_vg_hf(name:str, data, images)->list:
+    ds = hf_dataset(data, "test", f"ARO {name} dataset", images)
     rows, img = _hf_rows(ds, ("image",), f"ARO {name}")
     out = []
     for i, r in enumerate(rows):
@@ -396,7 +400,7 @@ def _aro_vg_hf(name:str, data)->list:
 def _load_aro_vg(name:str, data, images, subset, limit)->BenchmarkExamples:
     p = Path(str(data)).expanduser()
     f = p / ARO_FILES[name] if p.is_dir() and (p / ARO_FILES[name]).is_file() else p if p.suffix == ".json" else None
-    out = _aro_json(name, f, _images_dir(images, f.parent, "images")) if f is not None else _aro_vg_hf(name, data)
+    out = _aro_json(name, f, _images_dir(images, f.parent, "images")) if f is not None else _aro_vg_hf(name, data, images)
     return _finish(name, data, out, subset, limit)
 
 def load_aro_relation(data, images=None, subset=None, limit=None)->BenchmarkExamples:
@@ -410,20 +414,20 @@ def load_aro_attribution(data, images=None, subset=None, limit=None)->BenchmarkE
 # %% ../nbs/08a_benchmark_data.ipynb #ab7da789
 ORDER_TEXTS = ("correct_caption", "hard_text_1", "hard_text_2", "hard_text_3", "hard_text_4")
 
-def _load_aro_order(name:str, subset_name:str, data, subset, limit)->BenchmarkExamples:
-    ds = hf_dataset(data, "test", f"ARO {name} dataset")
+def _load_aro_order(name:str, subset_name:str, data, images, subset, limit)->BenchmarkExamples:
+    ds = hf_dataset(data, "test", f"ARO {name} dataset", images)
     rows, img = _hf_rows(ds, ("images",), f"ARO {name}")
     out = [RankingExample([img["images"](i)], [_text(r, k, data, f"row {i}") for k in ORDER_TEXTS], id=f"{name}/{i}", subset=subset_name)
            for i, r in enumerate(rows)]
     return _finish(name, data, out, subset, limit)
 
-def load_aro_coco_order(data="gowitheflow/ARO-COCO-order", images=None, subset=None, limit=None)->BenchmarkExamples:
+def load_aro_coco_order(data, images=None, subset=None, limit=None)->BenchmarkExamples:
     "ARO COCO-Order from its HF mirror (or a copy): image to text, 1 x 5, the caption first; id `aro_coco_order/<row>`."
-    return _load_aro_order("aro_coco_order", "coco_order", data, subset, limit)
+    return _load_aro_order("aro_coco_order", "coco_order", data, images, subset, limit)
 
-def load_aro_flickr_order(data="gowitheflow/ARO-Flickr-Order", images=None, subset=None, limit=None)->BenchmarkExamples:
+def load_aro_flickr_order(data, images=None, subset=None, limit=None)->BenchmarkExamples:
     "ARO Flickr30k-Order from its HF mirror (or a copy): image to text, 1 x 5; id `aro_flickr_order/<row>`."
-    return _load_aro_order("aro_flickr_order", "flickr30k_order", data, subset, limit)
+    return _load_aro_order("aro_flickr_order", "flickr30k_order", data, images, subset, limit)
 
 # %% ../nbs/08a_benchmark_data.ipynb #8b4f48b4
 VQA_COLUMNS = ["sentence", "pos_image_id"] + [f"neg_sentence_{i}" for i in range(1, 10)]
@@ -617,8 +621,8 @@ BENCHMARKS = {b.name: b for b in [
     Benchmark("refcocog", load_refcocog, "RefCOCOg (Discffusion's build): image to text, 1 x 10 (the sentence, 9 from other refs); "
               "R@1 and R@5", "recall@1,5"),
     Benchmark("clevr", load_clevr, "CLEVR (diffusion-itm's 7 subtasks): image to text, 1 x 2; accuracy per subtask", "accuracy"),
-    Benchmark("scene", load_scene, "the built-in scene world: 1 image x 6 captions and 1 caption x 6 images, one hard negative per "
-              "kind; accuracy per kind", "accuracy"),
+    Benchmark("scene", load_scene, "the built-in scene world: 1 image x captions and 1 caption x images, one hard negative of each "
+              "kind that applies (up to 5); accuracy per kind", "accuracy"),
     Benchmark("jsonl", load_jsonl, "your own data, one JSON object a line: rankings (true first or at 'true') or groups ('truth'); "
               "accuracy", "accuracy")]}
 

@@ -121,6 +121,8 @@ def test_winoground_hf_row_and_jsonl(tmp_path):
     e = ex[0]
     assert (e.id, e.subset, e.group, e.truth, e.captions) == ("winoground/0", "Object", "", ((0, 0), (1, 1)), [row["caption_0"], row["caption_1"]])
     assert [load_image(i).size for i in e.images] == [(20, 10), (10, 20)]
+    with pytest.raises(DSDInputError, match="holds its own images: give no image folder"):
+        load_winoground(tmp_path / "test-00000-of-00001.parquet", images=tmp_path)
     (tmp_path / "examples.jsonl").write_text(json.dumps({**row, "image_0": "ex_0_img_0", "image_1": "ex_0_img_1"}) + "\n\n")
     j = load_winoground(tmp_path)[0]
     assert (j.id, j.captions, [Path(i.path).name for i in j.images]) == (e.id, e.captions, ["ex_0_img_0.png", "ex_0_img_1.png"])
