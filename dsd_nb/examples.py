@@ -6,18 +6,12 @@
 from __future__ import annotations
 import random
 from .core import DSDInputError, check_seed
-from .scenes import read_comvg
 from .evaluate import RankingExample
 
 # %% auto #0
-__all__ = ['comvg_ranking_examples', 'few_shot']
+__all__ = ['few_shot']
 
 # %% ../nbs/12a_examples.ipynb #71942ca4
-def comvg_ranking_examples(csv_path, images_dir=None)->list:
-    "t2i ranking examples (sentence; positive image, negative image) from a ComVG-layout CSV (see `read_comvg`)."
-    df = read_comvg(csv_path, images_dir)
-    return [RankingExample([r.pos_path, r.neg_path], [r.sentence], (str(r.neg_value),)) for r in df.itertuples()]
-
 def few_shot(examples:list, shots:int|float, seed:int=0)->list:
     "A seeded sample of `shots` examples (an int), or of a fraction of them (a float in (0, 1])."
     n = len(examples)

@@ -14,12 +14,13 @@ from tqdm.auto import tqdm
 from .core import DSDInputError, check, check_seed, check_max_minutes
 from .plumbing import write_atomic
 from .attention import AttentionCapture
-from .inputs import load_image
+from .inputs import load_image, ImageRef
 from .scoring import DSDScorer, MODES
 from .evaluate import (scene_ranking_examples, example_generator, fill_cache, example_blocks, example_scores,
                              evaluate_examples, ranking_summary)
 from .runs import RunFolder, has_checkpoint
-from .examples import comvg_ranking_examples, few_shot
+from .examples import few_shot
+from .benchmark_data import load_comvg
 from .trainables import Trainable, LoRA, SoftPrompt, soft_prompt
 
 # %% auto #0
@@ -315,12 +316,12 @@ def training_examples(dataset:str="scene", # "scene" (the scene world) or the pa
                                                                           "scene world renders its own")
     check(val_n, "val_n", lo=0, hi=MAX_VAL_N, msg=f"0 (no validation) to {MAX_VAL_N}")
     if dataset == "scene": pool = scene_ranking_examples("fewshot", max(512, shots if isinstance(shots, int) else 0), seed=0, direction=direction)
-    else: pool = comvg_ranking_examples(dataset, images_dir)
+    else: pool = load_comvg(dataset, images_dir)
     if isinstance(shots, int) and shots > len(pool):
         raise DSDInputError(f"shots {shots} is more than the {len(pool)} examples in {dataset}: give at most {len(pool)}, or a fraction "
                             f"like 0.5")
     train, bad = few_shot(pool, shots, seed), []
-    for p in sorted({str(p) for e in train for p in e.images if isinstance(p, (str, Path))}):  # opened now, not at the first batch
+    for p in sorted({p for e in train for p in e.images if isinstance(p, (str, Path, ImageRef))}, key=str):  # opened now
         try: load_image(p)
         except DSDInputError as e: bad.append(str(e))
     if bad: raise DSDInputError(f"{len(bad)} of the chosen shots' images cannot be used (the first: {bad[0]}): "

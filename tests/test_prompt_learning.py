@@ -607,29 +607,29 @@ def test_val_seeds_average_fixed_noise_banks(shots):
 
 def test_comvg_examples(tmp_path):
     from dsd_nb.scenes import write_comvg, read_comvg
-    from dsd_nb.examples import comvg_ranking_examples
-    ex = comvg_ranking_examples(write_comvg(tmp_path / "c", split="fewshot", n=2) / "comvg.csv")
-    assert ex and all(e.direction == "t2i" and e.n_candidates == 2 and Path(e.images[1]).exists() for e in ex)
-    with pytest.raises(DSDInputError, match="does not exist"): comvg_ranking_examples(tmp_path / "none.csv")
-    with pytest.raises(DSDInputError, match="is a folder: give the CSV file itself"): comvg_ranking_examples(tmp_path)
+    from dsd_nb.benchmark_data import load_comvg  # the one ComVG reader (benchmarks and dsd-train --dataset)
+    ex = load_comvg(write_comvg(tmp_path / "c", split="fewshot", n=2) / "comvg.csv")
+    assert ex and all(e.direction == "t2i" and e.n_candidates == 2 and e.images[1].exists() for e in ex)
+    with pytest.raises(DSDInputError, match="does not exist"): load_comvg(tmp_path / "none.csv")
+    with pytest.raises(DSDInputError, match="is a folder: give the CSV file itself"): load_comvg(tmp_path)
     df = pd.read_csv(tmp_path / "c" / "comvg.csv")
     df.iloc[:0].to_csv(tmp_path / "c" / "header.csv", index=False)
     df.assign(sentence=[""] + list(df.sentence[1:])).to_csv(tmp_path / "c" / "nosentence.csv", index=False)
     (tmp_path / "c" / "empty.csv").write_text("")
     for name, msg in (("header.csv", "holds no rows"), ("empty.csv", "cannot be read as CSV"), ("nosentence.csv", r"no sentence \(lines \[2\]\)")):
-        with pytest.raises(DSDInputError, match=msg): comvg_ranking_examples(tmp_path / "c" / name)
+        with pytest.raises(DSDInputError, match=msg): load_comvg(tmp_path / "c" / name)
     # dsd-train opens the images of its shots before it writes anything (it used to write config.json first)
     def train(*extra):
         return subprocess.run([_exe("dsd-train"), "--out", str(tmp_path / "run"), "--model", "tiny-random", "--dataset", str(tmp_path / "c" / "comvg.csv"),
                                "--val_n", "0", "--train_steps", "1", *extra], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    first = Path(ex[0].images[0]); first.unlink()  # the first row's image: the others keep their own extension (all used to become .jpg)
-    assert [Path(p).suffix for p in comvg_ranking_examples(tmp_path / "c" / "comvg.csv")[1].images] == [".png", ".png"]
+    first = Path(ex[0].images[0].path); first.unlink()  # the first row's image: the others keep their own extension (all used to become .jpg)
+    assert [Path(p.path).suffix for p in load_comvg(tmp_path / "c" / "comvg.csv")[1].images] == [".png", ".png"]
     r = train("--shots", "1.0")
     assert r.returncode == 2 and "1 of the chosen shots' images cannot be used" in r.stderr and str(first) in r.stderr, r.stderr[-2000:]
     first.write_bytes(b"")  # an empty file: refused before the run folder is made too
     r = train("--shots", "1.0")
     assert r.returncode == 2 and "is empty (0 bytes)" in r.stderr and not (tmp_path / "run").exists(), r.stderr[-2000:]
-    second = Path(ex[1].images[1]); assert second != first
+    second = Path(ex[1].images[1].path); assert second != first
     second.rename(second.with_suffix(".PNG"))  # an upper-case extension is found too
     df = read_comvg(tmp_path / "c" / "comvg.csv")
     assert str(second.with_suffix(".PNG")) in set(df.pos_path) | set(df.neg_path)
