@@ -18,11 +18,13 @@ from .scenes import SPLITS, write_scene_example
 from .runs import has_checkpoint
 from .scene_sd import GROUND, train_scene_sd
 from .prompt_learning import PromptConfig, train_on_dataset
+from .benchmark_data import BENCHMARKS, load_benchmark
+from .benchmarks import evaluate_benchmark, metrics_markdown
 
 # %% auto #0
 __all__ = ['MAX_CAPTIONS_BYTES', 'MAX_STDIN_IMAGE_BYTES', 'run_command', 'read_captions_file', 'read_stdin_image',
            'split_images_captions', 'score_command', 'dsd_score', 'scene_command', 'dsd_scene', 'train_command',
-           'dsd_train', 'train_scene_sd_command', 'dsd_train_scene_sd']
+           'dsd_train', 'train_scene_sd_command', 'dsd_train_scene_sd', 'eval_command', 'dsd_eval']
 
 # %% ../nbs/15_cli.ipynb #dd065876
 def _one_line_error(prog):
@@ -315,3 +317,50 @@ def dsd_train_scene_sd(argv:list|None=None)->int: # exit status: 0, 2 (bad setti
     "Console entry point of `dsd-train-scene-sd`."
     return run_command("dsd-train-scene-sd", train_scene_sd_command, argv, errors=(DSDInputError, OSError), long_running=True,
                        interrupted=lambda a: f"interrupted; run the same command again to continue from the last checkpoint in {a['out']}")
+
+# %% ../nbs/15_cli.ipynb #136eda0c
+def _parse_prune(s:str|None)->tuple|None:
+    if s is None: return None
+    m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", s)
+    if not m: raise DSDInputError(f"--prune takes FIRST,KEEP (timesteps all candidates get, candidates kept), like 2,3; got {s!r}")
+    return int(m[1]), int(m[2])
+
+def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt=False),
+                 data:Param("the published file or folder; for mirrored ones also an HF dataset id or a local copy", str)=None,
+                 images:Param("the images folder (default: next to --data)", str)=None,
+                 subset:Param("one subset only (a file, subtask or split of the benchmark)", str)=None,
+                 limit:Param("the first N examples only (a larger N later adds to the run)", int)=None,
+                 model:Param(f"built-in name ({', '.join(BUILTIN_MODELS)}), diffusers folder or hub id", str)=DEFAULT_MODEL,
+                 mode:Param("print one mode only (default: all three side by side)", str, choices=MODES)=None,
+                 steps:Param("S, sampling steps of the reference timestep grid", int)=10,
+                 seed:Param("seed of every example's noise (hashed with its id)", int)=0,
+                 device:Param("auto, cpu, cuda, cuda:N or mps", str)="auto",
+                 dtype:Param("fp32, bf16 or fp16 (default: fp32 on CPU, fp16 on CUDA)", str)=None,
+                 layers:Param("cross-attention layers: reference, all_cross, or comma-separated names", str)="reference",
+                 token_mask:Param("text positions the attention term counts", str, choices=TOKEN_MASKS)="all",
+                 batch:Param("examples per scoring call (and per results part)", int)=8,
+                 prune:Param("adaptive candidate pruning FIRST,KEEP: all candidates on the first timesteps, the best KEEP on all", str)=None,
+                 out:Param("run folder (resumable; default runs/dsd-eval/BENCHMARK)", str)=None,
+                 overwrite:Param("replace a run of other settings in --out", store_true)=False,
+                 skip_missing:Param("score the examples whose images exist (the metrics say how many were skipped)", store_true)=False,
+                 json:Param("print the metrics as JSON", store_true)=False):
+    "Evaluate a diffusion model on an image-text matching benchmark with its official metrics; resumable and shardable."
+    reference_timesteps(steps); check_seed(seed); check(limit, "limit", lo=1, allow_none=True); check(batch, "batch", lo=1)
+    pr = _parse_prune(prune)
+    exs = load_benchmark(benchmark, data, images, subset, limit)
+    sys.stderr.write(f"dsd-eval: {exs.summary()}\n")
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    lay = layers if layers in ("reference", "all_cross") else [s.strip() for s in layers.split(",") if s.strip()]
+    scorer = DSDScorer(pipe, mode="dsd", steps=steps, seed=seed, layers=lay, token_mask=token_mask, progress=None)
+    settings = dict(data=str(exs.source), images=images, subset=subset, limit=limit, model=model, steps=steps, layers=layers,
+                    token_mask=token_mask, dtype=str(scorer.dtype))
+    t = evaluate_benchmark(scorer, exs, benchmark, out or Path("runs", "dsd-eval", benchmark), settings, seed, batch, pr,
+                           overwrite=overwrite, skip_missing=skip_missing, progress=sys.stderr.isatty())
+    if t is None: return None  # not the main process: it merges and prints
+    if mode: t = t[t["mode"] == mode]
+    return _json.dumps(t.to_dict("records"), indent=1) if json else metrics_markdown(t).rstrip()
+
+def dsd_eval(argv:list|None=None)->int: # exit status: 0, 2 (bad arguments or data), 130 (interrupted: rerun to resume)
+    "Console entry point of `dsd-eval`."
+    return run_command("dsd-eval", eval_command, argv, errors=(DSDInputError, OSError), long_running=True,
+                       interrupted=lambda a: "interrupted; run the same command again to resume")
