@@ -1,0 +1,115 @@
+"""`dsd-eval` end to end on a small copy of every benchmark's published layout (scene-world renders, the default
+model): official metric names, bad data as one-line errors, a killed run resumed to the uninterrupted result, and two
+processes (`accelerate launch`) giving the one-process metrics."""
+import contextlib, io, json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+
+from dsd_nb.benchmark_data import BENCHMARKS, write_sample, _SAMPLES
+from dsd_nb.cli import dsd_eval
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+METRICS = {"accuracy": {"accuracy"}, "precision@1": {"precision@1"}, "recall@1,5": {"R@1", "R@5"},
+           "macro_accuracy": {"accuracy", "macro_accuracy"}, "winoground": {"text", "image", "group"}}
+
+
+def _exe(name):
+    p = Path(sys.executable).parent / name
+    return str(p) if p.exists() else shutil.which(name)
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = dsd_eval(argv)
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def _args(name, paths):
+    a = [name, "--data", str(paths["data"])]
+    return a + (["--images", str(paths["images"])] if paths.get("images") else [])
+
+
+@pytest.mark.parametrize("name", sorted(_SAMPLES))
+def test_every_benchmark_end_to_end(tmp_path, name):
+    paths = write_sample(name, tmp_path / "data", n=2)
+    code, out, err = _run(_args(name, paths) + ["--steps", "1", "--out", str(tmp_path / "run"), "--json"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert {r["metric"] for r in rows} == METRICS[BENCHMARKS[name].metric]
+    assert {r["mode"] for r in rows} == {"dsd", "attention", "diffusion_itm"}
+    assert all(0 <= r["value"] <= 1 and r["n"] > 0 for r in rows if r["value"] == r["value"])
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["metrics"] == rows and saved["skipped"] == 0
+    assert (tmp_path / "run" / "metrics.png").stat().st_size > 1000 and "| all |" in (tmp_path / "run" / "metrics.md").read_text()
+
+
+def test_bad_data_one_line_errors(tmp_path):
+    paths = write_sample("comvg", tmp_path / "data", n=2)
+    code, _, err = _run(["no_such_benchmark"])
+    assert code == 2 and "comvg" in err and "winoground" in err
+    code, _, err = _run(["comvg", "--data", str(tmp_path / "nope.csv")])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    gone = sorted(Path(paths["images"]).iterdir())[0]
+    gone.unlink()
+    code, _, err = _run(_args("comvg", paths) + ["--steps", "1", "--out", str(tmp_path / "r1")])
+    assert code == 2 and "missing images" in err and gone.name in err and "--skip_missing" in err
+    code, out, err = _run(_args("comvg", paths) + ["--steps", "1", "--out", str(tmp_path / "r2"), "--skip_missing"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["skipped"] > 0 and "skipped for missing images" in out
+    code, _, err = _run(_args("comvg", paths) + ["--steps", "2", "--out", str(tmp_path / "r2"), "--skip_missing"])
+    assert code == 2 and "other settings" in err and "--overwrite" in err
+    code, _, err = _run(_args("vqa", write_sample("vqa", tmp_path / "vqa", n=2)) + ["--prune", "2,3", "--out", str(tmp_path / "r3")])
+    assert code == 2 and "R@5" in err
+
+
+def _records(folder):
+    recs = {}
+    for p in sorted((folder / "results").glob("part-*.jsonl")):
+        for line in p.read_text().splitlines(): r = json.loads(line); recs[r["id"]] = r
+    return recs
+
+
+def _same_results(a, b):
+    ra, rb = _records(a), _records(b)
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        for m in ra[k]["scores"]:
+            flat = lambda S: [x for row in S for x in row]
+            assert max(abs(x - y) for x, y in zip(flat(ra[k]["scores"][m]), flat(rb[k]["scores"][m]))) < 1e-5
+    ma = json.loads((a / "metrics.json").read_text())["metrics"]
+    mb = json.loads((b / "metrics.json").read_text())["metrics"]
+    assert [(r["subset"], r["metric"], r["mode"], r["value"], r["n"]) for r in ma] == \
+           [(r["subset"], r["metric"], r["mode"], r["value"], r["n"]) for r in mb]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    paths = write_sample("comvg", tmp_path / "data", n=3)
+    args = _args("comvg", paths) + ["--steps", "2"]
+    code, _, err = _run(args + ["--out", str(tmp_path / "whole"), "--batch", "4"])
+    assert code == 0, err
+    cmd = [_exe("dsd-eval")] + args + ["--out", str(tmp_path / "cut"), "--batch", "1"]
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not list((tmp_path / "cut" / "results").glob("part-*.jsonl")) and time.time() - t0 < 300 and p.poll() is None: time.sleep(0.2)
+    p.send_signal(signal.SIGTERM); _, err = p.communicate(timeout=120)
+    parts = list((tmp_path / "cut" / "results").glob("part-*.jsonl"))
+    assert p.returncode == 130 and b"run the same command again" in err, err
+    assert 1 <= len(parts) < 9 and not (tmp_path / "cut" / "done.json").exists()
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    _same_results(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_two_processes_give_the_one_process_results(tmp_path):
+    paths = write_sample("comvg", tmp_path / "data", n=2)
+    args = _args("comvg", paths) + ["--steps", "2", "--batch", "2"]
+    code, _, err = _run(args + ["--out", str(tmp_path / "one")])
+    assert code == 0, err
+    two = subprocess.run([_exe("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+                          _exe("dsd-eval")] + args + ["--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _same_results(tmp_path / "one", tmp_path / "two")
+    assert two.stdout.count("**comvg**") == 1   # the main process alone prints
