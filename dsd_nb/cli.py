@@ -139,7 +139,7 @@ def _path_trouble(a:str)->str|None:
     if not p.exists() and p.suffix.lower() in _image_suffixes(): return f"image file '{a}' does not exist: check the path"
     return None
 
-# %% ../nbs/15_cli.ipynb #2128a3b5
+# %% ../nbs/15_cli.ipynb #598d8b5b
 def _ranking_table(res, i:int, model, mode, seed, image=None)->str:
     "Image `i`'s ranking as text: a heading (naming the image when there are several), then rank, score and caption."
     lines = [f"# image={image}"] * (image is not None) + [f"# model={model} mode={mode} timesteps={len(res.timesteps)} seed={seed}",
@@ -168,6 +168,9 @@ def _captions(caps:list, captions_file, image_args:list)->list:
     if not caps: raise DSDInputError("give at least one caption (as arguments or with --captions_file)")
     return caps
 
+def _layers(s:str): return s if s in ("reference", "all_cross") else [x.strip() for x in s.split(",") if x.strip()]
+
+# %% ../nbs/15_cli.ipynb #2128a3b5
 def score_command(image:Param("image file to score (PNG, JPEG, ...; '-': standard input)", str, opt=False),
                   captions:Param("more images (existing image files, or '-'), then the captions to rank", str, nargs="*", opt=False)=None,
                   captions_file:Param("text file with one caption per line ('-': standard input)", str)=None,
@@ -186,7 +189,7 @@ def score_command(image:Param("image file to score (PNG, JPEG, ...; '-': standar
     "Rank captions for images with Discriminative Stable Diffusion (DSD) scores from a frozen diffusion model."
     image_args, caps = split_images_captions([str(image), *(captions or [])])
     caps = _captions(caps, captions_file, image_args)
-    lay = layers if layers in ("reference", "all_cross") else [s.strip() for s in layers.split(",") if s.strip()]
+    lay = _layers(layers)
     reference_timesteps(steps); check(seed, "seed", lo=0, hi=MAX_SEED - 1); check(chunk_size, "chunk_size", lo=1)  # before the model loads
     images = [load_image(read_stdin_image(), name="the image on standard input") if a == "-" else load_image(a) for a in image_args]
     pipe = load_pipeline(model, device=device, dtype=dtype)  # (a bad image was reported before a possibly large model loads)
@@ -339,7 +342,7 @@ def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt
                  layers:Param("cross-attention layers: reference, all_cross, or comma-separated names", str)="reference",
                  token_mask:Param("text positions the attention term counts", str, choices=TOKEN_MASKS)="all",
                  batch:Param("examples per scoring call (and per results part)", int)=8,
-                 prune:Param("adaptive candidate pruning FIRST,KEEP: all candidates on the first timesteps, the best KEEP on all", str)=None,
+                 prune:Param("candidate pruning FIRST,KEEP: all candidates on the first timesteps, the best KEEP on all", str)=None,
                  out:Param("run folder (resumable; default runs/dsd-eval/BENCHMARK)", str)=None,
                  overwrite:Param("replace a run of other settings in --out", store_true)=False,
                  skip_missing:Param("score the examples whose images exist (the metrics say how many were skipped)", store_true)=False,
@@ -350,7 +353,7 @@ def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt
     exs = load_benchmark(benchmark, data, images, subset, limit)
     sys.stderr.write(f"dsd-eval: {exs.summary()}\n")
     pipe = load_pipeline(model, device=device, dtype=dtype)
-    lay = layers if layers in ("reference", "all_cross") else [s.strip() for s in layers.split(",") if s.strip()]
+    lay = _layers(layers)
     scorer = DSDScorer(pipe, mode="dsd", steps=steps, seed=seed, layers=lay, token_mask=token_mask, progress=None)
     settings = dict(data=str(exs.source), images=images, subset=subset, limit=limit, model=model, steps=steps, layers=layers,
                     token_mask=token_mask, dtype=str(scorer.dtype))

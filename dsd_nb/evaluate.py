@@ -15,7 +15,7 @@ from .scenes import NEG_KINDS, sample_examples, negative, negative_scene, render
 
 # %% auto #0
 __all__ = ['RankingExample', 'scene_ranking_examples', 'example_generator', 'fill_cache', 'example_blocks', 'example_scores',
-           'mode_scores', 'evaluate_examples', 'ranking_summary', 'scene_matching', 'accuracy_table']
+           'mode_scores', 'result_matrices', 'evaluate_examples', 'ranking_summary', 'scene_matching', 'accuracy_table']
 
 # %% ../nbs/08_evaluate.ipynb #0d613bc6
 @dataclass
@@ -117,12 +117,14 @@ def mode_scores(res:ScoreResult, # a clean (not reference-parity) result with th
     if sq_u is not None and res.sq_error.ndim == 3: sq_u = sq_u[:, None]   # [N, K] -> [N, 1, K]: shared by the captions
     return timestep_scores(mode, res.lse_mean.mean(-1), res.sq_error, sq_u, latent_numel, itm_normalize).mean(-1)
 
-# %% ../nbs/08_evaluate.ipynb #401a09f4
-def _candidates(r:ScoreResult, e:RankingExample, mode:str, scorer:DSDScorer)->torch.Tensor: # [C]
-    if mode == scorer.mode: return example_scores([r], [e])[0]
-    s = mode_scores(r, mode, int(torch.tensor(scorer.latent_shape).prod()), itm_normalize=mode == "diffusion_itm" and e.direction == "t2i")
-    return s[0] if e.direction == "i2t" else s[:, 0]
+def result_matrices(scorer:DSDScorer, res:ScoreResult, e:RankingExample, modes:tuple=MODES)->dict: # mode -> [N, M] fp32 scores
+    """Each mode's score matrix of example `e` from one pass: the scorer's own mode as scored, the others recombined (they
+    need a clean `dsd` scorer); `diffusion_itm` normalised by the empty caption wherever images are compared."""
+    d = int(torch.tensor(scorer.latent_shape).prod())
+    return {m: res.scores if m == scorer.mode else mode_scores(res, m, d, itm_normalize=m == "diffusion_itm" and e.direction != "i2t")
+            for m in modes}
 
+# %% ../nbs/08_evaluate.ipynb #401a09f4
 def evaluate_examples(scorer:DSDScorer, examples:list, # `RankingExample`s
                       draws:int|None=None, # None: the scorer's fixed grid (the protocol); else random draws per example
                       seed:int=0, # seeds the draws (example i uses `example_generator(seed, -1, i)`)
@@ -139,8 +141,8 @@ def evaluate_examples(scorer:DSDScorer, examples:list, # `RankingExample`s
             ex = examples[i:i + batch]
             gens = None if draws is None else [example_generator(seed, -1, i + j) for j in range(len(ex))]
             for j, (e, r) in enumerate(zip(ex, scorer.score_blocks(example_blocks(scorer, ex, draws, gens)))):
-                for mode in modes:
-                    s = _candidates(r, e, mode, scorer)
+                for mode, S in result_matrices(scorer, r, e, modes).items():
+                    s = S.flatten()  # [C]: the image's row (i2t) or the caption's column (t2i), positive first
                     for n, k in enumerate(e.kinds or ("negative",) * (len(s) - 1)):
                         m = (s[0] - s[n + 1]).item()
                         rows.append(dict(example=i + j, direction=e.direction, kind=k, mode=mode, correct=m > 0, tie=m == 0, margin=m))
