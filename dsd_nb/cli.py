@@ -355,7 +355,8 @@ def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt
     pipe = load_pipeline(model, device=device, dtype=dtype)
     lay = _layers(layers)
     scorer = DSDScorer(pipe, mode="dsd", steps=steps, seed=seed, layers=lay, token_mask=token_mask, progress=None)
-    settings = dict(data=str(exs.source), images=images, subset=subset, limit=limit, model=model, steps=steps, layers=layers,
+    where = lambda p: None if p is None else str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else str(p)
+    settings = dict(data=where(data) or str(exs.source), images=where(images), subset=subset, limit=limit, model=model, steps=steps, layers=layers,
                     token_mask=token_mask, dtype=str(scorer.dtype))
     t = evaluate_benchmark(scorer, exs, benchmark, out or Path("runs", "dsd-eval", benchmark), settings, seed, batch, pr,
                            overwrite=overwrite, skip_missing=skip_missing, progress=sys.stderr.isatty())

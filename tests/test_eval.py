@@ -52,12 +52,19 @@ def test_bad_data_one_line_errors(tmp_path):
     code, _, err = _run(["comvg", "--data", str(tmp_path / "nope.csv")])
     assert code == 2 and len(err.strip().splitlines()) == 1
     gone = sorted(Path(paths["images"]).iterdir())[0]
-    gone.unlink()
+    kept = gone.read_bytes(); gone.unlink()
     code, _, err = _run(_args("comvg", paths) + ["--steps", "1", "--out", str(tmp_path / "r1")])
     assert code == 2 and "missing images" in err and gone.name in err and "--skip_missing" in err
     code, out, err = _run(_args("comvg", paths) + ["--steps", "1", "--out", str(tmp_path / "r2"), "--skip_missing"])
     assert code == 0, err
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["skipped"] > 0 and "skipped for missing images" in out
+    n_first = len(_records(tmp_path / "r2"))
+    gone.write_bytes(kept)   # the missing image fetched: the same command scores the examples skipped before, losing none
+    code, out, err = _run(_args("comvg", paths) + ["--steps", "1", "--out", str(tmp_path / "r2"), "--skip_missing"])
+    assert code == 0, err
+    saved = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    assert saved["skipped"] == 0 and len(_records(tmp_path / "r2")) > n_first
+    assert {r["n"] for r in saved["metrics"] if r["subset"] == "all"} == {len(_records(tmp_path / "r2"))}
     code, _, err = _run(_args("comvg", paths) + ["--steps", "2", "--out", str(tmp_path / "r2"), "--skip_missing"])
     assert code == 2 and "other settings" in err and "--overwrite" in err
     code, _, err = _run(_args("vqa", write_sample("vqa", tmp_path / "vqa", n=2)) + ["--prune", "2,3", "--out", str(tmp_path / "r3")])
