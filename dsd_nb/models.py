@@ -19,9 +19,10 @@ from .core import DSDInputError, resolve_device, resolve_dtype
 from .plumbing import atomic_folder
 
 # %% auto #0
-__all__ = ['DEFAULT_WORDS', 'SD21_UNET_CONFIG', 'SD21_VAE_CONFIG', 'SD21_TEXT_CONFIG', 'BUILTIN_MODELS', 'DEFAULT_MODEL',
-           'clip_tokenizer', 'tiny_pipeline', 'sd21_unet', 'sd21_shaped_pipeline', 'save_pipeline', 'quiet_libraries',
-           'cache_dir', 'builtin_model_path', 'resolve_model', 'check_pipeline', 'load_pipeline']
+__all__ = ['DEFAULT_WORDS', 'SD21_UNET_CONFIG', 'SD21_VAE_CONFIG', 'SD21_TEXT_CONFIG', 'SDXL_UNET_CONFIG', 'BUILTIN_MODELS',
+           'DEFAULT_MODEL', 'clip_tokenizer', 'tiny_pipeline', 'sd21_unet', 'sd21_shaped_pipeline', 'sdxl_unet',
+           'tiny_sdxl_pipeline', 'save_pipeline', 'quiet_libraries', 'cache_dir', 'builtin_model_path', 'resolve_model',
+           'check_pipeline', 'load_pipeline']
 
 # %% ../nbs/02_models.ipynb #b543b304
 def _bytes_to_unicode():
@@ -143,6 +144,57 @@ def sd21_shaped_pipeline(seed:int=0, # seed for all random weights
                                    unet=sd21_unet(seed=seed, sample_size=resolution // 8), scheduler=small.scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return pipe.to(dtype=dtype)
+
+# %% ../nbs/02_models.ipynb #1fd5dc04
+SDXL_UNET_CONFIG = dict(in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                        projection_class_embeddings_input_dim=2816)
+
+def sdxl_unet(seed:int=0, # seed for the random weights
+              sample_size:int=128, # latent size: 128 for SDXL's native 1024 px images
+              dtype:torch.dtype=torch.float32,
+              device:str="cpu" # "meta" builds the structure only, with no memory
+             )->UNet2DConditionModel:
+    "A UNet with SDXL-base-1.0's architecture and random weights (2.57 B parameters), for GPU benchmarks and shape checks."
+    cfg = dict(SDXL_UNET_CONFIG, sample_size=sample_size)
+    if str(device) == "meta":
+        from accelerate import init_empty_weights
+        with init_empty_weights(): return UNet2DConditionModel(**cfg)
+    with _fork_seed(seed): unet = UNet2DConditionModel(**cfg)
+    return unet.to(dtype=dtype, device=device)
+
+def tiny_sdxl_pipeline(seed:int=0, # seed for all random weights
+                       resolution:int=64, # image size in pixels (the latent is resolution/8)
+                       width:int=32, # channels of the first UNet level (the next ones are 2x)
+                       text_dims:tuple=(32, 32) # hidden sizes of the two text encoders; the UNet's cross-attention dim is their sum
+                      ):
+    """A tiny random-weight SDXL pipeline (`StableDiffusionXLPipeline`): SDXL-base's layout at a fraction of the width,
+    two CLIP text encoders (the second with a projection, giving the pooled embedding) and a UNet conditioned
+    on `text_time` (pooled text embedding + size and crop time ids)."""
+    from diffusers import StableDiffusionXLPipeline, EulerDiscreteScheduler
+    from transformers import CLIPTextModelWithProjection
+    tok, (d1, d2), t_dim = clip_tokenizer(), text_dims, 8
+    def text_config(d): return CLIPTextConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d, num_hidden_layers=2,
+                                              num_attention_heads=4, max_position_embeddings=tok.model_max_length,
+                                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                              pad_token_id=tok.pad_token_id, projection_dim=d)
+    with _fork_seed(seed):
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=1, norm_num_groups=4, sample_size=resolution, scaling_factor=0.13025)
+        te, te2 = CLIPTextModel(text_config(d1)), CLIPTextModelWithProjection(text_config(d2))
+        unet = UNet2DConditionModel(**dict(SDXL_UNET_CONFIG, sample_size=resolution // 8, block_out_channels=(width, 2 * width, 2 * width),
+                                           transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 4),
+                                           cross_attention_dim=d1 + d2, norm_num_groups=8, addition_time_embed_dim=t_dim,
+                                           projection_class_embeddings_input_dim=d2 + 6 * t_dim))
+    sched = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=clip_tokenizer(),
+                                     unet=unet, scheduler=sched, force_zeros_for_empty_prompt=True)
+
 
 # %% ../nbs/02_models.ipynb #2cf7290a
 def save_pipeline(pipe:StableDiffusionPipeline, # the pipeline to save
