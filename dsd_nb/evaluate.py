@@ -78,7 +78,8 @@ def fill_cache(scorer:DSDScorer, examples:list, cache:dict, captions:bool=True):
         for e, m in zip(new, m_new.split([len(e.images) for e in new])): cache["image", id(e)] = m
     new_caps = sorted({c for e in examples for c in e.captions if ("caption", c) not in cache}) if captions else []
     if new_caps:
-        for c, x in zip(new_caps, scorer.encode_captions(new_caps)): cache["caption", c] = x
+        E, pooled = scorer.encode_text(new_caps)
+        for j, c in enumerate(new_caps): cache["caption", c] = (E[j], None if pooled is None else pooled[j])
 
 def example_blocks(scorer:DSDScorer, examples:list, # `RankingExample`s
                    draws:int|None=None, # None: the scorer's fixed grid; else this many drawn (timestep, noise) pairs per example
@@ -94,13 +95,18 @@ def example_blocks(scorer:DSDScorer, examples:list, # `RankingExample`s
     if cache is not None: fill_cache(scorer, examples, cache, captions=not text_grad)
     if cache is not None: means = [cache["image", id(e)] for e in examples]
     else: means = scorer.encode_images([im for e in examples for im in e.images])[0].split([len(e.images) for e in examples])
-    E = scorer.encode_captions(caps, grad=True) if text_grad or cache is None else torch.stack([cache["caption", c] for c in caps])
+    if text_grad or cache is None: E, pooled = scorer.encode_text(caps, grad=True)
+    else:
+        E = torch.stack([cache["caption", c][0] for c in caps])
+        pooled = torch.stack([cache["caption", c][1] for c in caps]) if scorer.sdxl else None
     cidx, sf, out = {c: i for i, c in enumerate(caps)}, scorer.vae.config.scaling_factor, []
     for e, g, mean in zip(examples, generators, means):
         ts, eps = zip(*[(torch.randint(t_range[0], t_range[1] + 1, (1,), generator=g), torch.randn((1,) + scorer.latent_shape, generator=g))
                         for _ in range(draws)])
-        out.append(Block((mean * sf)[:, None], E[[cidx[c] for c in e.captions]], torch.cat(ts), torch.cat(eps),
-                         scorer.token_masks(e.captions), captions=list(e.captions), images=e.images))
+        ci = [cidx[c] for c in e.captions]
+        out.append(Block((mean * sf)[:, None], E[ci], torch.cat(ts), torch.cat(eps), scorer.token_masks(e.captions),
+                         captions=list(e.captions), images=e.images, pooled=None if pooled is None else pooled[ci]))
+
     return out
 
 def example_scores(results:list, examples:list)->list: # one [C] score tensor per example, positive first

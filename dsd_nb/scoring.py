@@ -18,28 +18,50 @@ from .tracing import AttentionTrace
 from .models import check_pipeline
 
 # %% auto #0
-__all__ = ['MODES', 'TOKEN_MASKS', 'CaptionTruncatedWarning', 'encode_captions', 'ScoreResult', 'timestep_scores', 'DSDScorer',
-           'Block', 'BlockTerms']
+__all__ = ['MODES', 'TOKEN_MASKS', 'CaptionTruncatedWarning', 'encode_captions', 'is_sdxl', 'encode_text', 'ScoreResult',
+           'timestep_scores', 'DSDScorer', 'Block', 'BlockTerms']
 
 # %% ../nbs/04_scoring.ipynb #ed51d414
 class CaptionTruncatedWarning(UserWarning):
     "A caption was longer than the text encoder's context and was truncated."
+
+def _text_encoder_output(tokenizer, text_encoder, captions, grad, hidden_states=False, warn=True):
+    "Tokenize to the full context (warning about truncation) and run one text encoder."
+    L = tokenizer.model_max_length
+    for i, c in enumerate(captions if warn else ()):
+        n = len(tokenizer(c, truncation=False, verbose=False).input_ids)
+        if n > L:
+            warnings.warn(f"caption {i + 1} ({c[:40] + '...' if len(c) > 40 else c!r}) has {n - 2} tokens but the text encoder "
+                          f"reads at most {L - 2}: the last {n - L} tokens were dropped", CaptionTruncatedWarning, stacklevel=4)
+    enc = tokenizer(list(captions), padding="max_length", max_length=L, truncation=True, return_tensors="pt")
+    dev = text_encoder.device
+    mask = enc.attention_mask.to(dev) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    with torch.set_grad_enabled(grad):
+        return text_encoder(enc.input_ids.to(dev), attention_mask=mask, output_hidden_states=hidden_states)
 
 def encode_captions(tokenizer, text_encoder, # the pipeline's CLIP tokenizer and text encoder
                     captions:list, # list of str (validated by `check_captions` unless it is the empty unconditional caption)
                     grad:bool=False # keep the autograd graph (to train a soft prompt in the text encoder)
                    )->torch.Tensor: # [M, L, D] text embeddings, L = tokenizer.model_max_length tokens
     "Encode captions to [M, L, D] hidden states (padding to the full context; truncation with a warning naming the dropped token count)."
-    L = tokenizer.model_max_length
-    for i, c in enumerate(captions):
-        n = len(tokenizer(c, truncation=False, verbose=False).input_ids)
-        if n > L:
-            warnings.warn(f"caption {i + 1} ({c[:40] + '...' if len(c) > 40 else c!r}) has {n - 2} tokens but the text encoder "
-                          f"reads at most {L - 2}: the last {n - L} tokens were dropped", CaptionTruncatedWarning, stacklevel=3)
-    enc = tokenizer(list(captions), padding="max_length", max_length=L, truncation=True, return_tensors="pt")
-    dev = text_encoder.device
-    mask = enc.attention_mask.to(dev) if getattr(text_encoder.config, "use_attention_mask", False) else None
-    with torch.set_grad_enabled(grad): return text_encoder(enc.input_ids.to(dev), attention_mask=mask)[0]
+    return _text_encoder_output(tokenizer, text_encoder, captions, grad)[0]
+
+def is_sdxl(pipe)->bool:
+    "True for an SDXL pipeline: a second text encoder and a UNet conditioned on `text_time` (pooled text + time ids)."
+    return getattr(pipe, "text_encoder_2", None) is not None and pipe.unet.config.get("addition_embed_type") == "text_time"
+
+def encode_text(pipe, # a Stable Diffusion or SDXL pipeline
+                captions:list, # list of str
+                grad:bool=False # keep the text encoders' autograd graph
+               )->tuple: # (hidden states [M, L, D], pooled [M, P] for SDXL, else None)
+    """The UNet's text conditioning of each caption. SD: the text encoder's last hidden states. SDXL (as its pipeline's
+    `encode_prompt`, without clip skip): both encoders' penultimate hidden states concatenated along the features
+    (D = D1 + D2), and the second encoder's projected pooled embedding."""
+    if not is_sdxl(pipe): return encode_captions(pipe.tokenizer, pipe.text_encoder, captions, grad), None
+    o1 = _text_encoder_output(pipe.tokenizer, pipe.text_encoder, captions, grad, hidden_states=True)
+    o2 = _text_encoder_output(pipe.tokenizer_2, pipe.text_encoder_2, captions, grad, hidden_states=True, warn=False)
+    return torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1), o2[0]
+
 
 # %% ../nbs/04_scoring.ipynb #b83a18e5
 @dataclass
@@ -103,7 +125,8 @@ class DSDScorer:
                  offset:int=10, # grid offset (10 in the reference)
                  progress:bool|None=False, # tqdm progress bar over UNet rows: True, False, or None (only on a terminal)
                  background:tuple=(255, 255, 255), # composited under transparent pixels
-                 token_mask:str="all"): # the LSE over "all" 77 positions (reference), the "real" tokens (start, words, end) or "words"
+                 token_mask:str="all", # the LSE over "all" 77 positions (reference), the "real" tokens (start, words, end) or "words"
+                 fused:bool=True): # log-sum-exp from the fused attention kernel where it applies; False: explicit Q.K^T logits
         check(token_mask, "token_mask", "choice", choices=TOKEN_MASKS); check(mode, "mode", "choice", choices=MODES)
         check(latent, "latent", "choice", choices=("mean", "sample")); check(resize, "resize", "choice", choices=RESIZE_MODES)
         chunk_size = check(chunk_size, "chunk_size", lo=1)
@@ -118,7 +141,7 @@ class DSDScorer:
         self._device, self._dtype, self._vae_dtype = p.device, p.dtype, next(self.vae.parameters()).dtype
         self.mode, self.seed, self.latent, self.resize, self.chunk_size = mode, seed, latent, resize, chunk_size
         self.itm_normalize, self.reference_parity, self.progress, self.background = itm_normalize, reference_parity, progress, background
-        self.token_mask = token_mask
+        self.token_mask, self.fused, self.sdxl = token_mask, bool(fused), is_sdxl(pipe)
         self.sched = noise_scheduler(pipe.scheduler)
         self.timesteps = reference_timesteps(steps, offset, self.sched.config.num_train_timesteps)
         self.layers = select_layers(self.unet, layers)
@@ -132,6 +155,8 @@ class DSDScorer:
         self.latent_shape = (self.vae.config.latent_channels, self.size[0] // self.vae_factor, self.size[1] // self.vae_factor)
         self.noise = draw_noise((len(self.timesteps),) + self.latent_shape, seed, device=self.device)  # fp32 [K, C, h, w]
         self._uncond, self._uncond_key, self._observers = None, None, []
+        # SDXL's micro-conditioning (original size, crop top-left, target size), in pixels: the whole image, uncropped
+        self.time_ids = torch.tensor([[*self.size, 0, 0, *self.size]], dtype=self.dtype, device=self.device) if self.sdxl else None
 
     @property
     def device(self): return self._device
@@ -144,7 +169,9 @@ class DSDScorer:
     def __repr__(self):
         return (f"DSDScorer(mode={self.mode!r}, timesteps={len(self.timesteps)} ({self.timesteps[0].item()}..{self.timesteps[-1].item()}), "
                 f"layers={len(self.layers)}, size={self.size}, seed={self.seed}, reference_parity={self.reference_parity}"
-                + (f", token_mask={self.token_mask!r})" if self.token_mask != "all" else ")"))
+                + (f", token_mask={self.token_mask!r}" if self.token_mask != "all" else "") + ("" if self.fused else ", fused=False")
+                + (", sdxl=True)" if self.sdxl else ")"))
+
 
 # %% ../nbs/04_scoring.ipynb #9af6c8d3
 from fastcore.basics import patch
@@ -162,21 +189,41 @@ def encode_images(self:DSDScorer, images # paths, PIL images, bytes or [0, 1] te
     return torch.cat(means), torch.cat(stds)
 
 @patch
-def encode_captions(self:DSDScorer, captions,
-                    grad:bool=False # keep the text encoder's autograd graph (to train a soft prompt)
-                   )->torch.Tensor: # [M, L, D] in the model dtype
-    "Encode validated captions once (see `encode_captions`)."
-    return encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, check_captions(captions), grad=grad).to(self.dtype)
+def encode_text(self:DSDScorer, captions,
+                grad:bool=False # keep the text encoders' autograd graph (to train a soft prompt)
+               )->tuple: # ([M, L, D], [M, P] or None) in the model dtype
+    "Encode validated captions once: the UNet's text conditioning and, for SDXL, the pooled embedding (see `encode_text`)."
+    E, pooled = encode_text(self.pipe, check_captions(captions), grad=grad)
+    return E.to(self.dtype), None if pooled is None else pooled.to(self.dtype)
+
+@patch
+def encode_captions(self:DSDScorer, captions, grad:bool=False)->torch.Tensor: # [M, L, D] in the model dtype
+    "The hidden states part of `encode_text`."
+    return self.encode_text(captions, grad)[0]
+
+@patch
+def uncond_text(self:DSDScorer, grad:bool=False)->tuple: # ([1, L, D], [1, P] or None) in the model dtype
+    """The empty caption's conditioning, computed once and again only when the text encoders' parameters change
+    (a soft prompt attached, removed or trained); `grad` encodes it afresh with the graph. An SDXL pipeline with
+    `force_zeros_for_empty_prompt` (SDXL-base's setting: how it was trained to drop the caption) gets zeros, as in its pipeline."""
+    if self.sdxl and self.pipe.config.get("force_zeros_for_empty_prompt", False):
+        if self._uncond is None:
+            E, pooled = encode_text(self.pipe, [""])
+            self._uncond = (torch.zeros_like(E, dtype=self.dtype), torch.zeros_like(pooled, dtype=self.dtype))
+        return self._uncond
+    if grad: return tuple(None if x is None else x.to(self.dtype) for x in encode_text(self.pipe, [""], grad=True))
+    tes = [m for m in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if m is not None]
+    key = tuple((n, p.data_ptr(), p._version) for te in tes for n, p in te.named_parameters())  # in-place updates bump `_version`
+    if self._uncond is None or self._uncond_key != key:
+        E, pooled = encode_text(self.pipe, [""])
+        self._uncond, self._uncond_key = (E.to(self.dtype), None if pooled is None else pooled.to(self.dtype)), key
+    return self._uncond
 
 @patch
 def uncond_embedding(self:DSDScorer)->torch.Tensor: # [1, L, D]
-    """The empty caption's embedding, computed once and again only when the text encoder's parameters change
-    (a soft prompt attached, removed or trained)."""
-    te = self.pipe.text_encoder
-    key = tuple((n, p.data_ptr(), p._version) for n, p in te.named_parameters())  # in-place updates bump `_version`
-    if self._uncond is None or self._uncond_key != key:
-        self._uncond, self._uncond_key = encode_captions(self.pipe.tokenizer, te, [""]).to(self.dtype), key
-    return self._uncond
+    "The hidden states part of `uncond_text`."
+    return self.uncond_text()[0]
+
 
 @patch
 def token_masks(self:DSDScorer, captions:list # M captions (already checked)
@@ -231,6 +278,8 @@ class Block:
     pairs: list|None = None # (image, caption) index pairs to score; None: every image with every caption
     captions: list = field(default_factory=list) # the caption texts (for observers)
     images: object = None # the images as given (for observers)
+    pooled: torch.Tensor|None = None # [M, P] SDXL's pooled text embeddings in the model dtype (None for SD)
+
     @property
     def pair_list(self)->list:
         "The (image, caption) pairs scored: `pairs`, or every image with every caption."
@@ -254,10 +303,11 @@ def block(self:DSDScorer, images, # one image or a list (paths, PIL, bytes, [0, 
          )->Block:
     "A `Block` of `images` x `captions` on the scorer's fixed timestep grid and noise bank."
     captions = check_captions(captions)
-    E = self.encode_captions(captions, grad=text_grad)
+    E, pooled = self.encode_text(captions, grad=text_grad)
     mean, std = self.encode_images(images)
     return Block(self.clean_latents(mean, std, parity_batch), E, self.timesteps, self.noise, self.token_masks(captions), pairs,
-                 captions, images)
+                 captions, images, pooled)
+
 
 @patch
 def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
@@ -279,26 +329,33 @@ def _row_table(self:DSDScorer, blocks:list)->dict: # column -> [R] int64 indices
 # %% ../nbs/04_scoring.ipynb #c38ce9bf
 @patch
 def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond, capture)->tuple: # (lse means [R, L], squared errors [R])
-    "Send every row of `blocks` through the UNet in calls of at most `chunk_size` rows."
+    "Send every row of `blocks` through the UNet in calls of at most `chunk_size` rows (`uncond`: `uncond_text()`)."
     rt = self._row_table(blocks)
     Z = blocks[0].latents if len(blocks) == 1 else torch.cat([b.latents for b in blocks])  # [sum I, Kz, C, h, w] (Kz: K or 1)
     N = torch.cat([b.noise.to(self.device) for b in blocks])                       # [sum K, C, h, w]
     T = torch.cat([b.timesteps for b in blocks]).to(self.device)                   # [sum K]
-    C = torch.cat([uncond] + [b.context for b in blocks])                          # [1 + sum M, L, D]
+    C = torch.cat([uncond[0]] + [b.context for b in blocks])                       # [1 + sum M, L, D]
+    if self.sdxl and any(b.pooled is None for b in blocks):
+        raise DSDInputError("an SDXL scorer needs blocks with pooled text embeddings: build them with `scorer.block` or `encode_text`")
+    P = torch.cat([uncond[1]] + [b.pooled for b in blocks]) if self.sdxl else None  # [1 + sum M, P] SDXL's pooled text
     KM = None if self.token_mask == "all" else torch.cat([self.token_masks([""])] + [b.key_masks for b in blocks])
     if len({b.latents.shape[1:] for b in blocks}) > 1:
         raise DSDInputError("blocks scored together need latents of one shape (one per timestep, or one for all)")
     atts, sqs, R = [], [], len(rt["slot"])
     bar = tqdm(total=R, desc="DSD scoring (UNet rows)", leave=False, disable=None if self.progress is None else not self.progress)
-    cap_ctx = nullcontext(capture) if capture is not None else AttentionCapture(self.unet, self.layers, observers=self._observers)
+    cap_ctx = (nullcontext(capture) if capture is not None
+               else AttentionCapture(self.unet, self.layers, observers=self._observers, fused=self.fused))
     with torch.set_grad_enabled(grad), cap_ctx as cap:
         for i in range(0, R, self.chunk_size):
             r = {k: v[i:i + self.chunk_size] for k, v in rt.items()}
             z, eps, t = Z[r["slot"].to(Z.device), r["kz"].to(Z.device)], N[r["noise"].to(N.device)], T[r["noise"].to(T.device)]
             rows = Rows(r["block"], r["image"], r["caption"], t, None if KM is None else KM[r["text"]])
             x_t = add_noise(self.sched, z, eps, t)
+            cond = {} if P is None else dict(added_cond_kwargs=dict(text_embeds=P[r["text"].to(P.device)],
+                                                                    time_ids=self.time_ids.expand(len(t), -1)))
             pred = (unet or self.unet)(x_t.to(self.dtype), t, encoder_hidden_states=C[r["text"].to(C.device)],
-                                       cross_attention_kwargs={ROWS_KEY: rows}).sample
+                                       cross_attention_kwargs={ROWS_KEY: rows}, **cond).sample
+
             eps_hat = epsilon_from_prediction(self.sched, pred.float(), x_t, t)
             atts.append(cap.layer_means()); sqs.append((eps - eps_hat).pow(2).flatten(1).sum(1))
             bar.update(len(z))
@@ -354,8 +411,8 @@ def score_blocks(self:DSDScorer, blocks:list, # `Block`s (see `block`)
     if capture is not None and [l.name for l in capture.layers] != [l.name for l in self.layers]:
         raise DSDInputError("capture must watch the scorer's layers: AttentionCapture(scorer.unet, scorer.layers)")
     for o in self._observers: o.start(blocks, self)
-    if text_grad: uncond = encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [""], grad=True).to(self.dtype)
-    else: uncond = self.uncond_embedding()
+    uncond = self.uncond_text(grad=text_grad)
+
     att, sq = self._run_blocks(blocks, grad, unet, uncond, capture)
     out = [self._result(b, t) for b, t in zip(blocks, self._block_terms(blocks, att, sq))]
     for o in self._observers:

@@ -12,6 +12,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from .core import DSDInputError, check, check_seed
 from .plumbing import atomic_folder, write_atomic, make_folder
+from .scoring import is_sdxl
+
 
 # %% auto #0
 __all__ = ['LORA_PROJECTIONS', 'SOFT_PROMPT_KEY', 'lora_config', 'check_lora_rank', 'add_lora', 'lora_parameters', 'use_adapter',
@@ -53,12 +55,17 @@ def _add_adapter(unet, config, name):
         warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
         unet.add_adapter(config, adapter_name=name)
 
-def add_lora(pipe, name:str="default", rank:int=4, alpha:float|None=None, layers:str="all", init:str="gaussian",
+def _frozen_parts(pipe)->list: # the pipeline's modules (SDXL's second text encoder too)
+    return [m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+
+def add_lora(pipe,
+ name:str="default", rank:int=4, alpha:float|None=None, layers:str="all", init:str="gaussian",
              seed:int=0)->int: # number of trainable parameters
     "Freeze the pipeline and attach a new LoRA adapter `name` to its UNet (seeded init); it becomes the active adapter."
     if name in getattr(pipe.unet, "peft_config", {}): raise DSDInputError(f"the UNet already has an adapter named {name!r}")
     config = lora_config(rank, alpha, layers, init); check_lora_rank(pipe.unet, rank, layers)  # a refused call changes nothing
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
+    for m in _frozen_parts(pipe): m.requires_grad_(False)
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(check_seed(seed))
         _add_adapter(pipe.unet, config, name)
@@ -112,14 +119,22 @@ def _soft_hook(eos_id:int):
     return hook
 
 # %% ../nbs/12b_trainables.ipynb #48b7f6d2
-def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text token (at most 75)
+def _no_soft_prompt_on_sdxl(pipe):
+    if is_sdxl(pipe):
+        raise DSDInputError("soft prompts live in SD 1.x/2.x's one text encoder; this SDXL pipeline has two: "
+                            "train a LoRA adapter instead (method 'lora')")
+
+def add_soft_prompt(pipe,
+ n_tokens:int=8, # soft positions after the end-of-text token (at most 75)
                     init=None # [n, D] initial vectors; None: the padding token's embedding (a no-op until trained)
                    )->torch.nn.Parameter: # the [n, D] fp32 parameter to train
     "Attach a soft prompt of `n_tokens` learnable vectors after each caption's end token; freezes the pipeline's weights."
     if not all(hasattr(pipe, a) for a in ("text_encoder", "tokenizer")): raise DSDInputError(f"add_soft_prompt needs a Stable Diffusion "
                                                                                              f"pipeline (see `load_pipeline`); got "
                                                                                              f"{type(pipe).__name__}")
-    check(n_tokens, "n_tokens", lo=1, hi=pipe.tokenizer.model_max_length - 2, msg=f"an integer in 1..{pipe.tokenizer.model_max_length - 2}")
+    _no_soft_prompt_on_sdxl(pipe)
+    check(n_tokens, "n_tokens", lo=1,
+ hi=pipe.tokenizer.model_max_length - 2, msg=f"an integer in 1..{pipe.tokenizer.model_max_length - 2}")
     emb = _embedding(pipe)
     if soft_prompt(pipe) is not None: raise DSDInputError("the text encoder already has a soft prompt: remove_soft_prompt(pipe) first")
     D = emb.weight.shape[1]
@@ -130,7 +145,8 @@ def add_soft_prompt(pipe, n_tokens:int=8, # soft positions after the end-of-text
     if tuple(init.shape) != (n_tokens, D):
         raise DSDInputError(f"a soft prompt for this text encoder is [n_tokens, {D}] = [{n_tokens}, {D}]; got {list(init.shape)}")
     if not torch.isfinite(init).all(): raise DSDInputError("the soft prompt's initial vectors hold NaN or infinite values")
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder): m.requires_grad_(False)
+    for m in _frozen_parts(pipe): m.requires_grad_(False)
+
     emb.register_parameter(SOFT_PROMPT_KEY, torch.nn.Parameter(init.clone().to(emb.weight.device), requires_grad=True))
     emb._dsd_soft_hook = emb.register_forward_hook(_soft_hook(pipe.tokenizer.eos_token_id))
     return soft_prompt(pipe)
@@ -175,13 +191,15 @@ def load_soft_prompt(pipe, path)->torch.nn.Parameter:
 
 # %% ../nbs/12b_trainables.ipynb #6b594b85
 def save_adapter(pipe, folder, name:str="default")->Path:
-    "Save adapter `name` of the UNet in the diffusers LoRA layout (safetensors + config metadata), atomically."
-    from diffusers import StableDiffusionPipeline
+    """Save adapter `name` of the UNet in the diffusers LoRA layout (safetensors + config metadata), atomically:
+    `StableDiffusionPipeline.load_lora_weights` (or SDXL's, for an SDXL pipeline) loads it back."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     if name not in getattr(pipe.unet, "peft_config", {}): raise DSDInputError(f"no adapter named {name!r} to save")
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         sd = get_peft_model_state_dict(pipe.unet, adapter_name=name)
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=sd, safe_serialization=True,
+        (StableDiffusionXLPipeline if is_sdxl(pipe) else StableDiffusionPipeline).save_lora_weights(tmp,
+ unet_lora_layers=sd, safe_serialization=True,
                                                   unet_lora_adapter_metadata=pipe.unet.peft_config[name].to_dict())
     return folder
 
@@ -300,7 +318,9 @@ class SoftPrompt(Trainable):
     "A soft prompt of `n_tokens` vectors in the text encoder (`add_soft_prompt`); saved as `soft_prompt.safetensors`."
     key, what, text_grad = "soft_prompt", "soft prompt", True
     def __init__(self, pipe, n_tokens:int=8):
+        _no_soft_prompt_on_sdxl(pipe)
         if soft_prompt(pipe) is not None:
+
             raise DSDInputError("the pipeline already has a soft prompt: remove_soft_prompt(pipe) or load a fresh pipeline")
         if n_tokens > pipe.tokenizer.model_max_length - 2:
             raise DSDInputError(f"soft_tokens must be at most {pipe.tokenizer.model_max_length - 2} for this text encoder; got {n_tokens}")
