@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #cc96ceff
 from __future__ import annotations
-import json, os, re, shutil, socket, tempfile, warnings
+import inspect, json, os, re, shutil, socket, tempfile, warnings
 from pathlib import Path
 from urllib.parse import urlparse
 import torch
@@ -18,11 +18,12 @@ finally: _tl.setLevel(_tl_level)
 from .core import DSDInputError, resolve_device, resolve_dtype
 from .plumbing import atomic_folder
 
+
 # %% auto #0
 __all__ = ['DEFAULT_WORDS', 'SD21_UNET_CONFIG', 'SD21_VAE_CONFIG', 'SD21_TEXT_CONFIG', 'SDXL_UNET_CONFIG', 'BUILTIN_MODELS',
-           'DEFAULT_MODEL', 'clip_tokenizer', 'tiny_pipeline', 'sd21_unet', 'sd21_shaped_pipeline', 'sdxl_unet',
-           'tiny_sdxl_pipeline', 'save_pipeline', 'quiet_libraries', 'cache_dir', 'builtin_model_path', 'resolve_model',
-           'check_pipeline', 'load_pipeline']
+           'DEFAULT_MODEL', 'SUPPORTED_MODELS', 'PREDICTION_TYPES', 'clip_tokenizer', 'tiny_pipeline', 'sd21_unet',
+           'sd21_shaped_pipeline', 'sdxl_unet', 'tiny_sdxl_pipeline', 'save_pipeline', 'quiet_libraries', 'cache_dir',
+           'builtin_model_path', 'resolve_model', 'pipeline_family', 'check_pipeline', 'load_pipeline']
 
 # %% ../nbs/02_models.ipynb #b543b304
 def _bytes_to_unicode():
@@ -330,25 +331,187 @@ def resolve_model(name_or_path:str|None=None # built-in name, local folder, or h
                             "connect to the internet, or pass a local folder")
     return name, False
 
+# %% ../nbs/02_models.ipynb #9ea9aad7
+SUPPORTED_MODELS = "Stable Diffusion 1.x/2.x and SDXL text-to-image pipelines"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what `epsilon_from_prediction` turns into the noise DSD compares
+_UNUSED_PARTS = ("feature_extractor", "safety_checker", "image_encoder")  # never required, never loaded
+_TRANSFORMER_FAMILIES = (("StableDiffusion3", "Stable Diffusion 3"), ("Flux", "Flux"), ("PixArt", "PixArt"), ("Sana", "Sana"),
+                         ("HunyuanDiT", "Hunyuan-DiT"), ("AuraFlow", "AuraFlow"), ("Lumina", "Lumina"), ("CogView", "CogView"),
+                         ("Chroma", "Chroma"), ("HiDream", "HiDream"), ("QwenImage", "Qwen-Image"))
+_IN_CHANNELS = {9: "an inpainting UNet (latents + mask + masked image)", 5: "a depth-to-image UNet (latents + depth map)",
+                7: "an x4-upscaler UNet (latents + low-resolution image)", 8: "an InstructPix2Pix-style UNet (latents + input image)"}
+
+def _width(cfg)->int|None:
+    "A text encoder's hidden size from its config dict (CLIP: hidden_size, T5: d_model), or None when it cannot be read."
+    if not isinstance(cfg, dict): return None
+    cfg = cfg.get("text_config") or cfg  # a whole CLIPModel's config nests the text tower's
+    w = cfg.get("hidden_size", cfg.get("d_model"))
+    return w if isinstance(w, int) else None
+
+def _pooled_width(cls_name, cfg)->int|None:
+    "The width of text_encoder_2's pooled embedding: its projection_dim for a `...WithProjection` model, else its hidden size."
+    if not isinstance(cfg, dict): return None
+    c = cfg.get("text_config") or cfg
+    w = c.get("projection_dim") if "WithProjection" in str(cls_name) else _width(c)
+    return w if isinstance(w, int) else None
+
+def _family(cls_name, parts:dict, unet_cfg)->str:
+    "'sdxl' for an SDXL pipeline class, or a `text_time` UNet with a second text encoder; 'sd' otherwise."
+    xl_unet = isinstance(unet_cfg, dict) and unet_cfg.get("addition_embed_type") == "text_time"
+    return "sdxl" if str(cls_name or "").startswith("StableDiffusionXL") or (xl_unet and parts.get("text_encoder_2")) else "sd"
+
+def _check_parts(cls_name:str|None, # the pipeline's class name (`_class_name` of model_index.json)
+                 parts:dict, # component name -> class name, for the components present
+                 cfgs:dict, # "pipeline", "unet", "vae", "text_encoder", "text_encoder_2", "scheduler" -> config dict (None: not checked)
+                 live:bool=False # a live pipeline (`check_pipeline`): its UNet class is not checked (it may be wrapped)
+                )->str: # the family, "sd" or "sdxl"
+    """What `load_pipeline` checks on a folder's configs before loading any weights, and `check_pipeline` on a live pipeline:
+    raises `DSDInputError`, one line saying what the model is and what is supported, for a pipeline DSD cannot score."""
+    def no(msg): raise DSDInputError(f"{msg}; DSD supports {SUPPORTED_MODELS}")
+    cls, unet = str(cls_name or ""), cfgs.get("unet") if isinstance(cfgs.get("unet"), dict) else {}
+    fam = next((f for k, f in _TRANSFORMER_FAMILIES if cls.startswith(k)), None)
+    if fam or parts.get("transformer"):
+        what = f"{cls} ({fam})" if fam else f"{cls or 'the pipeline'} (its denoiser is a {parts['transformer']})"
+        no(f"{what} is transformer-based: DSD reads the cross-attention of a UNet, and this model has none")
+    pipe_cfg = cfgs.get("pipeline") if isinstance(cfgs.get("pipeline"), dict) else {}
+    add = unet.get("addition_embed_type")
+    t, p = unet.get("addition_time_embed_dim"), unet.get("projection_class_embeddings_input_dim")
+    pooled = _pooled_width(parts.get("text_encoder_2"), cfgs.get("text_encoder_2"))
+    five_ids = add == "text_time" and isinstance(t, int) and isinstance(p, int) and pooled is not None and pooled + 5 * t == p
+    if pipe_cfg.get("requires_aesthetics_score") or five_ids or \
+            (parts.get("text_encoder_2") and not parts.get("text_encoder") and "Img2Img" in cls):
+        no(f"an SDXL refiner{f' ({cls})' if cls else ''}: img2img only (conditioned on an aesthetic score, with one text "
+           "encoder, it refines images and cannot score captions): use an SDXL base model")
+    family = _family(cls, parts, unet)
+    need = ("tokenizer", "text_encoder", "unet", "vae") + (("tokenizer_2", "text_encoder_2") if family == "sdxl" else ())
+    if missing := [k for k in need if not parts.get(k)]:
+        if family == "sdxl": no(f"the SDXL pipeline lacks {', '.join(missing)}: SDXL needs two tokenizers and two text encoders, a UNet and a VAE")
+        no(f"the pipeline lacks {', '.join(missing)}: DSD needs a tokenizer, a text encoder, a UNet and a VAE")
+    if not live and parts["unet"] != "UNet2DConditionModel":
+        no(f"its UNet is a {parts['unet']}, not the text-conditioned UNet2DConditionModel of Stable Diffusion")
+    vae = cfgs.get("vae") if isinstance(cfgs.get("vae"), dict) else {}
+    n, m = unet.get("in_channels"), vae.get("latent_channels")
+    if n is not None and m is not None and n != m:
+        no(f"the UNet takes {n} input channels but the VAE makes {m} latent channels: "
+           f"{_IN_CHANNELS.get(n, 'not a plain text-to-image UNet')}, not a text-to-image one")
+    if unet.get("class_embed_type") is not None or unet.get("num_class_embeds") is not None:
+        no(f"the UNet needs class labels (class_embed_type={unet.get('class_embed_type')!r}, num_class_embeds="
+           f"{unet.get('num_class_embeds')!r}), as unCLIP and upscaler UNets do: it is not a plain text-to-image UNet")
+    if add not in (None, "text_time"):
+        no(f"the UNet is conditioned on addition_embed_type={add!r} (Kandinsky- or DeepFloyd-IF-style extra inputs); DSD scores "
+           "UNets conditioned on text alone (SD 1.x/2.x) or on text and SDXL's size and crop ids ('text_time')")
+    hid = unet.get("encoder_hid_dim_type")
+    if hid not in (None, "text_proj"):
+        no(f"the UNet is conditioned on image embeddings (encoder_hid_dim_type={hid!r}), not on text alone")
+    if add == "text_time" and family != "sdxl":
+        no(f"the UNet is an SDXL UNet (addition_embed_type='text_time': it also needs a second text encoder's pooled embedding "
+           f"and size and crop ids) but the pipeline{f' ({cls})' if cls else ''} has no text_encoder_2"
+           + (" (`load_pipeline` loads an SDXL folder as a StableDiffusionXLPipeline, with both)" if live else ""))
+    encoders = ("text_encoder", "text_encoder_2") if family == "sdxl" else ("text_encoder",)
+    widths, key = [_width(cfgs.get(k)) for k in encoders], "encoder_hid_dim" if hid == "text_proj" else "cross_attention_dim"
+    cross = unet.get(key)
+    crosses = set(cross) if isinstance(cross, (list, tuple)) else {cross}
+    if None not in widths and None not in crosses and crosses != {sum(widths)}:
+        c = cross if len(crosses) > 1 else next(iter(crosses))
+        if family == "sdxl":
+            no(f"the text encoders' hidden sizes {widths[0]} + {widths[1]} = {sum(widths)} differ from the UNet's {key} {c}: "
+               "the text encoders and the UNet come from different models")
+        no(f"the text encoder's hidden size {widths[0]} differs from the UNet's {key} {c}: the text encoder and the UNet "
+           "come from different models")
+    if add == "text_time" and isinstance(t, int) and isinstance(p, int) and pooled is not None and pooled + 6 * t != p:
+        no(f"the UNet's projection_class_embeddings_input_dim is {p}, but text_encoder_2's pooled embedding ({pooled}) and 6 time "
+           f"ids x addition_time_embed_dim {t} make {pooled + 6 * t}: text_encoder_2 and the UNet come from different models")
+    sched = cfgs.get("scheduler") if isinstance(cfgs.get("scheduler"), dict) else None
+    if sched is not None:
+        if "FlowMatch" in str(sched.get("_class_name", "")):
+            no(f"its scheduler is a {sched['_class_name']} (flow matching, as in SD3 and Flux), not a DDPM noise schedule")
+        kind = sched.get("prediction_type", "epsilon")
+        if kind not in PREDICTION_TYPES:
+            no(f"the scheduler's prediction_type {kind!r} is unknown: DSD turns {', '.join(PREDICTION_TYPES[:-1])} and {PREDICTION_TYPES[-1]} predictions into "
+               "the noise it compares")
+    return family
+
+
+# %% ../nbs/02_models.ipynb #765cef8e
+_CONFIG_FILES = dict(unet="unet/config.json", vae="vae/config.json", text_encoder="text_encoder/config.json",
+                     text_encoder_2="text_encoder_2/config.json", scheduler="scheduler/scheduler_config.json")
+
+def _read_json(src:str, rel:str, local_only:bool)->dict|None:
+    "`rel` (a small JSON file) of a pipeline folder or hub id: from the folder, the hub cache, or (when allowed) a download; None if unreadable."
+    if Path(src).is_dir(): f = Path(src) / rel
+    else:
+        from huggingface_hub import try_to_load_from_cache, hf_hub_download
+        f = try_to_load_from_cache(src, rel)
+        if not isinstance(f, str):
+            if local_only: return None
+            try:
+                with quiet_libraries(): f = hf_hub_download(src, rel)
+            except Exception: return None  # not there, or the hub failed: `from_pretrained` says what it finds
+    try: d = json.loads(Path(f).read_text(encoding="utf-8"))
+    except (OSError, ValueError): return None
+    return d if isinstance(d, dict) else None
+
+def _precheck(src:str, # what `resolve_model` returned: a folder or a hub id
+              local_only:bool, # the hub id is in the local cache (no downloads)
+              name:str # the model as the user named it, for messages
+             )->str|None: # "sd", "sdxl", or None when model_index.json cannot be read (loading then reports what is wrong)
+    """Check a pipeline's model_index.json and component configs before any weights load (`_check_parts`); a cached hub id is read
+    from its snapshot folder, one that is not cached from small downloads. Raises `DSDInputError`, one line, for what DSD cannot score."""
+    if not Path(src).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+        f = try_to_load_from_cache(src, "model_index.json")
+        if isinstance(f, str): src = str(Path(f).parent)  # the cached snapshot: read it as a folder
+    index = _read_json(src, "model_index.json", local_only)
+    if index is None or not index.get("_class_name"): return None
+    parts = {k: v[1] for k, v in index.items()
+             if not k.startswith("_") and isinstance(v, (list, tuple)) and len(v) == 2 and v[0] and v[1]}
+    cfgs = {k: _read_json(src, rel, local_only) for k, rel in _CONFIG_FILES.items() if k in parts}
+    try: family = _check_parts(index["_class_name"], parts, dict(cfgs, pipeline=index))
+    except DSDInputError as e: raise DSDInputError(f"cannot use {name!r}: {e}") from None
+    if Path(src).is_dir():  # the components this family loads must be there (those DSD never uses need not be)
+        need = ("tokenizer", "text_encoder", "unet", "vae", "scheduler") + (("tokenizer_2", "text_encoder_2") if family == "sdxl" else ())
+        if gone := [k for k in need if k in parts and not (Path(src) / k).is_dir()]:
+            raise DSDInputError(f"cannot use {name!r}: its model_index.json lists {', '.join(gone)} but there is no "
+                                f"{', no '.join(k + '/' for k in gone)} folder in '{src}'")
+    return family
+
+
 # %% ../nbs/02_models.ipynb #a778d5eb
+_LIVE_PARTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler", "transformer")
+
+def pipeline_family(pipe)->str:
+    "'sdxl' for an SDXL pipeline (two tokenizers and text encoders, a `text_time` UNet), 'sd' for Stable Diffusion 1.x/2.x."
+    unet = getattr(pipe, "unet", None)
+    return _family(type(pipe).__name__, {"text_encoder_2": getattr(pipe, "text_encoder_2", None) is not None},
+                   dict(unet.config) if unet is not None else None)
+
+def _live_configs(pipe)->dict:
+    "The configs `_check_parts` reads, from a live pipeline's components."
+    cfg = lambda m: None if m is None else (m.config.to_dict() if hasattr(m.config, "to_dict") else dict(m.config))
+    out = {k: cfg(getattr(pipe, k, None)) for k in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    s = getattr(pipe, "scheduler", None)
+    out["scheduler"] = None if s is None else {**s.config, "_class_name": type(s).__name__}
+    out["pipeline"] = dict(getattr(pipe, "config", {}) or {})
+    return out
+
 def check_pipeline(pipe:StableDiffusionPipeline, warn:bool=True)->list: # notes (strings) about the model worth knowing
-    "Check a loaded pipeline is a usable text-to-image Stable Diffusion; raises `DSDInputError` otherwise, warns about v-prediction."
-    tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    if tok is None or te is None or unet is None or vae is None:
-        raise DSDInputError("the pipeline lacks a tokenizer, text encoder, UNet or VAE; DSD needs all four")
-    if len(tok) < 259:
-        raise DSDInputError(f"the tokenizer has only {len(tok)} tokens, so it is a placeholder, not a CLIP tokenizer "
-                            "(transformers returns one when tokenizer files are missing offline): check the model's tokenizer/ folder")
-    n_pos = te.config.max_position_embeddings
-    if tok.model_max_length > n_pos:
-        warnings.warn(f"the tokenizer's model_max_length ({tok.model_max_length}) exceeds the text encoder's "
-                      f"{n_pos} positions (no tokenizer_config.json?); using {n_pos}")
-        tok.model_max_length = n_pos
+    """Check a pipeline (loaded or built in memory) is a usable Stable Diffusion 1.x/2.x or SDXL text-to-image pipeline: the same
+    checks `load_pipeline` makes on a folder's configs, and the live parts; raises `DSDInputError` otherwise, warns about v-prediction."""
+    parts = {k: type(v).__name__ for k in _LIVE_PARTS if (v := getattr(pipe, k, None)) is not None}
+    family = _check_parts(type(pipe).__name__, parts, _live_configs(pipe), live=True)
+    unet, vae = pipe.unet, pipe.vae
+    for t, e in [("tokenizer", "text_encoder")] + ([("tokenizer_2", "text_encoder_2")] if family == "sdxl" else []):
+        tok, te = getattr(pipe, t), getattr(pipe, e)
+        if len(tok) < 259:
+            raise DSDInputError(f"the {t} has only {len(tok)} tokens, so it is a placeholder, not a CLIP tokenizer "
+                                f"(transformers returns one when tokenizer files are missing offline): check the model's {t}/ folder")
+        n_pos = te.config.max_position_embeddings
+        if tok.model_max_length > n_pos:
+            warnings.warn(f"the {t}'s model_max_length ({tok.model_max_length}) exceeds the {e}'s "
+                          f"{n_pos} positions (no tokenizer_config.json?); using {n_pos}")
+            tok.model_max_length = n_pos
     if not any(k.endswith("attn2.processor") for k in unet.attn_processors) or unet.config.cross_attention_dim is None:
         raise DSDInputError("the UNet has no cross-attention (attn2) layers, so it is not a text-to-image UNet DSD can read")
-    if unet.config.in_channels != vae.config.latent_channels:
-        raise DSDInputError(f"the UNet takes {unet.config.in_channels} input channels but the VAE makes {vae.config.latent_channels}: "
-                            "an inpainting or depth model? DSD needs a plain text-to-image UNet")
     notes = []
     kind = pipe.scheduler.config.get("prediction_type", "epsilon")
     if kind != "epsilon":
@@ -359,23 +522,32 @@ def check_pipeline(pipe:StableDiffusionPipeline, warn:bool=True)->list: # notes 
         notes.append(msg)
     return notes
 
+
 # %% ../nbs/02_models.ipynb #9d50bfea
 def load_pipeline(name_or_path:str|None=None, # a built-in name, a diffusers folder or a hub id; None: `DEFAULT_MODEL` ("scene-sd")
                   device:str="cpu", # "auto", "cpu", "cuda", "cuda:N", "mps"
                   dtype:str|torch.dtype|None=None, # "fp32", "bf16", "fp16"; None: fp32 on CPU, fp16 on CUDA
                   progress:bool=False # show diffusers'/transformers' loading progress bars
-                 )->StableDiffusionPipeline:
-    "Load a Stable Diffusion 1.x/2.x pipeline with `StableDiffusionPipeline.from_pretrained`, checked and placed on `device`."
+                 )->StableDiffusionPipeline: # or a StableDiffusionXLPipeline (see `pipeline_family`)
+    """Load a Stable Diffusion 1.x/2.x or SDXL pipeline (`StableDiffusionPipeline` or `StableDiffusionXLPipeline.from_pretrained`):
+    its configs checked before any weights load, the parts DSD never uses (feature extractor, safety checker, image encoder)
+    skipped, the loaded pipeline checked (`check_pipeline`) and placed on `device`."""
     dev = resolve_device(device); dt = resolve_dtype(dtype, dev)
     src, local_only = resolve_model(name_or_path)
+    family = _precheck(src, local_only, str(name_or_path or DEFAULT_MODEL))
+    if family == "sdxl": from diffusers import StableDiffusionXLPipeline as cls
+    else: cls = StableDiffusionPipeline
+    accepted = inspect.signature(cls.__init__).parameters
+    skip = {k: v for k, v in dict(feature_extractor=None, safety_checker=None, image_encoder=None, requires_safety_checker=False,
+                                  add_watermarker=False).items() if k in accepted}
     try:
         with quiet_libraries(not progress), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)  # renamed `dtype` in newer diffusers
-            pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=dt, local_files_only=local_only,
-                                                           safety_checker=None, requires_safety_checker=False)
+            pipe = cls.from_pretrained(src, torch_dtype=dt, local_files_only=local_only, **skip)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:  # broken configs surface as any of these
         msg = (str(e).splitlines() or [""])[0]
         raise DSDInputError(f"could not load model {name_or_path or DEFAULT_MODEL!r} from {src}: {type(e).__name__}: {msg}") from e
     check_pipeline(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
+
