@@ -487,11 +487,12 @@ def pipeline_family(pipe)->str:
 
 def _live_configs(pipe)->dict:
     "The configs `_check_parts` reads, from a live pipeline's components."
-    cfg = lambda m: None if m is None else (m.config.to_dict() if hasattr(m.config, "to_dict") else dict(m.config))
-    out = {k: cfg(getattr(pipe, k, None)) for k in ("unet", "vae", "text_encoder", "text_encoder_2")}
-    s = getattr(pipe, "scheduler", None)
-    out["scheduler"] = None if s is None else {**s.config, "_class_name": type(s).__name__}
-    out["pipeline"] = dict(getattr(pipe, "config", {}) or {})
+    def cfg(m):
+        c = getattr(m, "config", None)
+        return c.to_dict() if hasattr(c, "to_dict") else dict(c) if isinstance(c, dict) else None
+    out = {k: cfg(getattr(pipe, k, None)) for k in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")}
+    if out["scheduler"] is not None: out["scheduler"]["_class_name"] = type(pipe.scheduler).__name__
+    out["pipeline"] = cfg(pipe) or {}
     return out
 
 def check_pipeline(pipe:StableDiffusionPipeline, warn:bool=True)->list: # notes (strings) about the model worth knowing
@@ -521,6 +522,7 @@ def check_pipeline(pipe:StableDiffusionPipeline, warn:bool=True)->list: # notes 
         if warn: warnings.warn(msg)
         notes.append(msg)
     return notes
+
 
 
 # %% ../nbs/02_models.ipynb #9d50bfea
