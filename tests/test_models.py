@@ -1,12 +1,13 @@
 """models through the scorer and the process's output: a saved and loaded pipeline scores exactly like the original, an
-inpainting UNet is refused by the scorer, and the first build of a built-in model prints nothing. Saving, loading,
-failing fast and `check_pipeline` live in 02_models."""
+inpainting UNet, an SDXL UNet in a plain pipeline and a text encoder of the wrong width are refused by the scorer before any
+UNet call, and the first build of a built-in model prints nothing. Saving, loading, failing fast and `check_pipeline` live in
+02_models; SDXL loading and the config refusals in test_sdxl_loading."""
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from dsd_nb.core import DSDInputError
-from dsd_nb.models import save_pipeline, load_pipeline
+from dsd_nb.models import save_pipeline, load_pipeline, tiny_pipeline, tiny_sdxl_pipeline
 from dsd_nb.scoring import DSDScorer
 
 
@@ -43,3 +44,24 @@ def test_scorer_rejects_inpainting_unet(pipe):
     bad = _replace(pipe, unet=_unet(9))
     with pytest.raises(DSDInputError, match="input channels"):
         DSDScorer(bad, steps=2).score(torch.rand(1, 3, 64, 64), ["a cat"])
+
+
+def _never_called(unet):
+    "Make any call of `unet` fail the test."
+    def hook(*a, **k): raise AssertionError("the UNet was called")
+    return unet.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("case,match", [("sdxl unet", "has no text_encoder_2"),
+                                        ("text width", "hidden size 48 differs from the UNet's cross_attention_dim 32")])
+def test_scorer_refuses_before_any_unet_call(pipe, case, match):
+    "Issue 20: these crashed inside diffusers (TypeError in get_aug_embed; RuntimeError: mat1 and mat2 shapes cannot be multiplied)."
+    if case == "sdxl unet":
+        xl = tiny_sdxl_pipeline(seed=0)
+        bad = _replace(pipe, unet=xl.unet, text_encoder=xl.text_encoder, tokenizer=xl.tokenizer)
+    else: bad = _replace(pipe, text_encoder=tiny_pipeline(text_dim=48).text_encoder)
+    h = _never_called(bad.unet)
+    try:
+        with pytest.raises(DSDInputError, match=match) as e: DSDScorer(bad, steps=2).score(torch.rand(1, 3, 64, 64), ["a cat"])
+        assert "\n" not in str(e.value)
+    finally: h.remove()
