@@ -15,11 +15,12 @@ from .core import (DSDInputError, check, reference_timesteps, draw_noise, noise_
 from .inputs import images_to_tensor, check_captions, RESIZE_MODES
 from .attention import AttentionCapture, Rows, ROWS_KEY, select_layers
 from .tracing import AttentionTrace
-from .models import check_pipeline
+from .models import check_pipeline, pipeline_family
+
 
 # %% auto #0
-__all__ = ['MODES', 'TOKEN_MASKS', 'CaptionTruncatedWarning', 'encode_captions', 'is_sdxl', 'encode_text', 'ScoreResult',
-           'timestep_scores', 'DSDScorer', 'Block', 'BlockTerms']
+__all__ = ['MODES', 'TOKEN_MASKS', 'CaptionTruncatedWarning', 'encode_captions', 'encode_text', 'ScoreResult', 'timestep_scores',
+           'DSDScorer', 'Block', 'BlockTerms']
 
 # %% ../nbs/04_scoring.ipynb #ed51d414
 class CaptionTruncatedWarning(UserWarning):
@@ -46,10 +47,6 @@ def encode_captions(tokenizer, text_encoder, # the pipeline's CLIP tokenizer and
     "Encode captions to [M, L, D] hidden states (padding to the full context; truncation with a warning naming the dropped token count)."
     return _text_encoder_output(tokenizer, text_encoder, captions, grad)[0]
 
-def is_sdxl(pipe)->bool:
-    "True for an SDXL pipeline: a second text encoder and a UNet conditioned on `text_time` (pooled text + time ids)."
-    return getattr(pipe, "text_encoder_2", None) is not None and pipe.unet.config.get("addition_embed_type") == "text_time"
-
 def encode_text(pipe, # a Stable Diffusion or SDXL pipeline
                 captions:list, # list of str
                 grad:bool=False # keep the text encoders' autograd graph
@@ -57,7 +54,7 @@ def encode_text(pipe, # a Stable Diffusion or SDXL pipeline
     """The UNet's text conditioning of each caption. SD: the text encoder's last hidden states. SDXL (as its pipeline's
     `encode_prompt`, without clip skip): both encoders' penultimate hidden states concatenated along the features
     (D = D1 + D2), and the second encoder's projected pooled embedding."""
-    if not is_sdxl(pipe): return encode_captions(pipe.tokenizer, pipe.text_encoder, captions, grad), None
+    if pipeline_family(pipe) != "sdxl": return encode_captions(pipe.tokenizer, pipe.text_encoder, captions, grad), None
     o1 = _text_encoder_output(pipe.tokenizer, pipe.text_encoder, captions, grad, hidden_states=True)
     o2 = _text_encoder_output(pipe.tokenizer_2, pipe.text_encoder_2, captions, grad, hidden_states=True, warn=False)
     return torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1), o2[0]
@@ -141,7 +138,7 @@ class DSDScorer:
         self._device, self._dtype, self._vae_dtype = p.device, p.dtype, next(self.vae.parameters()).dtype
         self.mode, self.seed, self.latent, self.resize, self.chunk_size = mode, seed, latent, resize, chunk_size
         self.itm_normalize, self.reference_parity, self.progress, self.background = itm_normalize, reference_parity, progress, background
-        self.token_mask, self.fused, self.sdxl = token_mask, bool(fused), is_sdxl(pipe)
+        self.token_mask, self.fused, self.sdxl = token_mask, bool(fused), pipeline_family(pipe) == "sdxl"
         self.sched = noise_scheduler(pipe.scheduler)
         self.timesteps = reference_timesteps(steps, offset, self.sched.config.num_train_timesteps)
         self.layers = select_layers(self.unet, layers)

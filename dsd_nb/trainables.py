@@ -12,7 +12,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from .core import DSDInputError, check, check_seed
 from .plumbing import atomic_folder, write_atomic, make_folder
-from .scoring import is_sdxl
+from .models import pipeline_family
 
 
 # %% auto #0
@@ -120,7 +120,7 @@ def _soft_hook(eos_id:int):
 
 # %% ../nbs/12b_trainables.ipynb #48b7f6d2
 def _no_soft_prompt_on_sdxl(pipe):
-    if is_sdxl(pipe):
+    if pipeline_family(pipe) == "sdxl":
         raise DSDInputError("soft prompts live in SD 1.x/2.x's one text encoder; this SDXL pipeline has two: "
                             "train a LoRA adapter instead (method 'lora')")
 
@@ -198,7 +198,7 @@ def save_adapter(pipe, folder, name:str="default")->Path:
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         sd = get_peft_model_state_dict(pipe.unet, adapter_name=name)
-        (StableDiffusionXLPipeline if is_sdxl(pipe) else StableDiffusionPipeline).save_lora_weights(tmp,
+        (StableDiffusionXLPipeline if pipeline_family(pipe) == "sdxl" else StableDiffusionPipeline).save_lora_weights(tmp,
  unet_lora_layers=sd, safe_serialization=True,
                                                   unet_lora_adapter_metadata=pipe.unet.peft_config[name].to_dict())
     return folder

@@ -8,7 +8,8 @@ import torch
 from dsd_nb.core import DSDInputError, add_noise
 from dsd_nb.models import tiny_sdxl_pipeline, quiet_libraries
 from dsd_nb.attention import AttentionCapture
-from dsd_nb.scoring import DSDScorer, encode_text, is_sdxl, MODES
+from dsd_nb.scoring import DSDScorer, encode_text
+from dsd_nb.models import pipeline_family
 from dsd_nb.evaluate import scene_ranking_examples, example_generator
 from dsd_nb.prompt_learning import ranking_scores, evaluate_ranking, PromptConfig, train_prompt
 from dsd_nb.trainables import add_lora, lora_parameters, save_adapter, add_soft_prompt
@@ -32,7 +33,7 @@ def test_conditioning_is_sdxl_pipelines_own(xl):
     E, pooled = encode_text(xl, CAPS)
     with torch.no_grad():
         ref, neg, ref_pooled, neg_pooled = xl.encode_prompt(CAPS, device="cpu", do_classifier_free_guidance=True)
-    assert E.shape == (3, 77, 64) and pooled.shape == (3, 32) and is_sdxl(xl)
+    assert E.shape == (3, 77, 64) and pooled.shape == (3, 32) and pipeline_family(xl) == "sdxl"
     torch.testing.assert_close(E, ref, rtol=0, atol=1e-6); torch.testing.assert_close(pooled, ref_pooled, rtol=0, atol=1e-6)
     s = DSDScorer(xl, steps=3)
     uE, uP = s.uncond_text()
