@@ -4,7 +4,10 @@
 One image x 10 captions x S=10 timesteps (mode "dsd", reference layers), on the same model and inputs:
 
   (a) dsd_nb  : DSDScorer(pipe, steps=10, seed=0).score(image, captions)
-                (VAE encode once, captions encoded once, 10 x (1 empty + 10 captions) = 110 UNet rows, chunked)
+                (VAE encode once, captions encoded once, 10 x (1 empty + 10 captions) = 110 UNet rows, chunked;
+                output and log-sum-exp of each hooked layer from one fused SDPA kernel, the default)
+  (a') f      : the same with DSDScorer(..., fused=False): the LSE from explicit fp32 logits, Q K^T a second time
+                (skipped, with a note, where DSDScorer has no `fused` argument)
   (b) naive   : the reference's cost structure (method notes 2.6, 2.12): for each caption separately, for each
                 timestep: VAE-encode the image again, encode "" and the caption, one UNet call on a 2-row batch
                 (empty, caption) with EAGER attention (diffusers `AttnProcessor`, probabilities materialised) in
@@ -14,10 +17,10 @@ One image x 10 captions x S=10 timesteps (mode "dsd", reference layers), on the 
 
 Each (model, dtype, method) runs in a fresh subprocess of this script (so the ru_maxrss high-water mark belongs to
 that measurement alone); the parent collects one JSON line per child, checks that (a) and (b) agree, prints a
-markdown table and can write or append it to bench/RESULTS.md.
+markdown table and can write or append it to bench/RESULTS.md. Method letters for --methods: a, f (= a'), b, c, d.
 
     . .venv/bin/activate
-    HF_HUB_OFFLINE=1 python bench/bench_score.py --autogroup-nice -20 --write bench/RESULTS.md   # full run (~18 min on 2 cores)
+    HF_HUB_OFFLINE=1 python bench/bench_score.py --autogroup-nice -20 --write bench/RESULTS.md   # full run (~18 min on 2 cores before (a') was added, which adds about one (a))
     HF_HUB_OFFLINE=1 python bench/bench_score.py --variants tiny:fp32               # quick (~1 min)
     HF_HUB_OFFLINE=1 python bench/bench_score.py --child --model sd21 --dtype bf16 --method a   # one measurement
 """
@@ -106,9 +109,17 @@ def build_pipe(model:str, dtype:str, resolution:int|None):
 
 
 # ----------------------------------------------------------------------------------------------- (a) dsd_nb
-def run_a(pipe, image, captions, steps, chunk):
+def run_a(pipe, image, captions, steps, chunk, fused=True):
+    "(a), or with fused=False (a'): the scorer's captures compute the LSE from explicit logits."
     from dsd_nb.scoring import DSDScorer
-    return DSDScorer(pipe, steps=steps, seed=0, chunk_size=chunk).score(image, captions)[0]
+    kw = {} if fused else dict(fused=False)   # (a) leaves the scorer's default alone
+    return DSDScorer(pipe, steps=steps, seed=0, chunk_size=chunk, **kw).score(image, captions)[0]
+
+def scorer_has_fused()->bool:
+    "Whether this dsd_nb's DSDScorer takes `fused` (needed by method f)."
+    import inspect
+    from dsd_nb.scoring import DSDScorer
+    return "fused" in inspect.signature(DSDScorer).parameters
 
 
 # ----------------------------------------------------------------------------------------------- (b) naive loop
@@ -313,9 +324,11 @@ def child(args):
         print(MARK + json.dumps(out), flush=True)
         return
 
-    if args.method == "a":
-        fn = lambda: run_a(pipe, image, caps, args.steps, args.chunk)
-        warm = lambda: run_a(pipe, image, caps, 1, args.chunk)                    # light: 1 timestep = 11 rows
+    if args.method in ("a", "f"):
+        if args.method == "f" and not scorer_has_fused(): raise SystemExit("method f needs DSDScorer(..., fused=False)")
+        fused = args.method == "a"
+        fn = lambda: run_a(pipe, image, caps, args.steps, args.chunk, fused)
+        warm = lambda: run_a(pipe, image, caps, 1, args.chunk, fused)             # light: 1 timestep = 11 rows
         rows = K * (n_caps + 1)
     elif args.method == "b":
         fn = lambda: run_b(pipe, image, caps, args.steps, args.b_latent, args.b_text)
@@ -355,7 +368,7 @@ def child(args):
     out["unet_rows"] = rows * scale
     out["pairs_per_s"] = n_caps / out["median_s"]
     out["s_per_row"] = out["median_s"] / out["unet_rows"]
-    if args.method in ("a", "b"): out["scores"] = [float(v) for v in res.float()]
+    if args.method in ("a", "f", "b"): out["scores"] = [float(v) for v in res.float()]
     print(MARK + json.dumps(out), flush=True)
 
 
@@ -429,7 +442,8 @@ def render(info, results, args)->str:
     L.append(f"- Command: `HF_HUB_OFFLINE=1 python bench/bench_score.py {' '.join(args.argv)}`".rstrip() + "\n")
     L.append("| model | dtype | method | UNet rows | s / run (median) | repeats | pairs / s | s / UNet row | min s | contention | peak RSS, timed runs MiB | RSS before timed MiB | timed peak - before MiB | peak RSS, whole process MiB |")
     L.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    names = dict(a="(a) dsd_nb DSDScorer.score", b="(b) naive per-pair (reference cost)", c="(c) bare UNet rows (SDPA)")
+    names = dict(a="(a) dsd_nb DSDScorer.score", f="(a') the same, fused=False", b="(b) naive per-pair (reference cost)",
+                 c="(c) bare UNet rows (SDPA)")
     for r in results:
         if r["method"] == "d": continue
         rep = f"{len(r['times'])} ({', '.join(f'{t:.2f}' for t in r['times'])})"
@@ -442,20 +456,22 @@ def render(info, results, args)->str:
              "(/proc/self/task/*/schedstat) during the timed runs; above ~5% the timing is inflated by other processes. "
              "*peak RSS, timed runs*: VmHWM after resetting it (/proc/self/clear_refs) just before the timed runs; "
              "*whole process*: ru_maxrss including model build (the bf16 models are built in fp32, then cast) and warm-up.\n")
-    L.append("| model | dtype | (b)/(a) speed-up (target >= 3x) | (a)/(c) overhead (target <= 1.15x) | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | contention a / b / c |")
-    L.append("|---|---|---:|---:|---:|---|---:|---|")
+    L.append("| model | dtype | (b)/(a) speed-up (target >= 3x) | (a)/(c) overhead (target <= 1.15x) | (a')/(c) overhead, fused=False | (a) vs (a') scores: max abs diff | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | contention a / a' / b / c |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---|---:|---|")
     by = {}
     for r in results: by.setdefault((r["model"], r["dtype"]), {})[r["method"]] = r
     for (m, d), g in by.items():
         ba = f"{g['b']['median_s'] / g['a']['median_s']:.2f}x" if "a" in g and "b" in g else "-"
         ac = f"{g['a']['median_s'] / g['c']['median_s']:.3f}x" if "a" in g and "c" in g else "-"
+        fc = f"{g['f']['median_s'] / g['c']['median_s']:.3f}x" if "f" in g and "c" in g else "-"
+        af = f"{compare(g['a']['scores'], g['f']['scores'])['max_abs_diff']:.2e}" if "a" in g and "f" in g else "-"
         if "a" in g and "b" in g:
             c = compare(g["a"]["scores"], g["b"]["scores"])
             sc = (f"{c['max_abs_diff']:.2e} (on {c['n']} captions)", "yes" if c["same_ranking"] else f"NO (top: a={c['top_a']}, b={c['top_b']})",
                   f"{c['min_gap_a']:.2e}")
         else: sc = ("-", "-", "-")
-        la = " / ".join(f"{g[k]['contention']:.0%}" if k in g else "-" for k in "abc")
-        L.append(f"| {m} | {d} | {ba} | {ac} | {sc[0]} | {sc[1]} | {sc[2]} | {la} |")
+        la = " / ".join(f"{g[k]['contention']:.0%}" if k in g else "-" for k in "afbc")
+        L.append(f"| {m} | {d} | {ba} | {ac} | {fc} | {af} | {sc[0]} | {sc[1]} | {sc[2]} | {la} |")
     L.append("")
     proj = [(k, g) for k, g in by.items() if all(x in g for x in "abcd")]
     if proj:
@@ -513,9 +529,13 @@ def _parent(args):
     variants = [v.split(":") for v in args.variants.split(",")]
     info = machine_info()
     results = []
+    methods = args.methods.split(",")
+    if "f" in methods and not scorer_has_fused():
+        print("skipping (a') (method f): this dsd_nb's DSDScorer has no `fused` argument", flush=True)
+        methods.remove("f")
     t0 = time.perf_counter()
     for model, dtype in variants:
-        for method in args.methods.split(","):
+        for method in methods:
             if method == "d" and model in ("tiny", "sd21full"): continue
             busy, waited = cpu_busy(), 0.0
             while busy > args.idle_busy and waited < args.idle_max_wait:
@@ -547,8 +567,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of model:dtype (models: tiny, sd21 (stand-in VAE/text encoder), sd21full (SD-2.1-sized VAE and text encoder too); dtypes: fp32, bf16)")
-    ap.add_argument("--methods", default="a,b,c,d",
-                    help="comma list of a, b, c, d (d: VAE / text-encoder cost, stand-in vs SD-2.1-shaped; big models only)")
+    ap.add_argument("--methods", default="a,f,b,c,d",
+                    help="comma list of a, f (a' = a with fused=False), b, c, d (d: VAE / text-encoder cost, stand-in vs SD-2.1-shaped; big models only)")
     ap.add_argument("--steps", type=int, default=10, help="S, the reference timestep grid (10 -> 10 timesteps)")
     ap.add_argument("--captions", type=int, default=10, help=f"number of captions (at most {len(CAPTIONS)})")
     ap.add_argument("--chunk", type=int, default=32, help="UNet rows per call for (a) and (c) (DSDScorer chunk_size)")

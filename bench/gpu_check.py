@@ -4,6 +4,12 @@
   parity    : the same DSD scores on CUDA as on the CPU (tiny random pipeline, fp32 and fp16; the shipped scene-sd)
   trace     : `DSDScorer.trace` on an SD-2.1-shaped pipeline (UNet, VAE and text encoder of SD 2.1's sizes, random
               weights) at 512 px on the GPU: host memory kept (RSS before/after, the trace's own bytes), GPU peak
+  fused     : the fused log-sum-exp (issue 20, item 3) on the SD-2.1-shaped UNet at 512 px, fp16 / bf16 / fp32:
+              which SDPA backend stock SDPA picks, whether the capture took the fused kernel (or fell back, and why),
+              UNet output of AttentionCapture(fused=True) and (fused=False) vs the stock processors (bit-equal?),
+              LSE fused vs explicit (max abs diff), UNet-call times (8 rows, all 16 cross-attention layers); then
+              DSDScorer.score (fp16; bench_score's 1 image x 10 captions x 10 timesteps) with fused=True vs
+              fused=False: time and score difference (estimated at about a minute on an H200; not yet run there)
   train     : one prompt-learning step (LoRA rank 4 on all attention layers, 2 i2t examples x 6 captions) on the
               SD-2.1-shaped UNet at 512 px on the GPU, bf16 autocast through accelerate, with and without gradient
               checkpointing: time per step and peak GPU memory
@@ -13,7 +19,7 @@ Each part records its numbers (or its error) in one JSON file; a failing part do
     HF_HUB_OFFLINE=1 python bench/gpu_check.py --out gpu_check.json
 """
 from __future__ import annotations
-import argparse, json, os, time, traceback
+import argparse, contextlib, json, os, time, traceback
 
 
 DEV = "cuda"
@@ -94,6 +100,96 @@ def trace(res, resolution=512, steps=10):
                same_scores_as_trace=float((s[0].float().cpu() - tr.scores.float().cpu()).abs().max()))
 
 
+@contextlib.contextmanager
+def _scorer(pipe, fused_, **kw):
+    "A DSDScorer with fused=fused_; where DSDScorer has no `fused` yet, fused=False patches its module's AttentionCapture meanwhile."
+    import inspect, functools
+    import dsd_nb.scoring as S
+    from dsd_nb.attention import AttentionCapture
+    if "fused" in inspect.signature(S.DSDScorer).parameters: yield S.DSDScorer(pipe, fused=fused_, **kw); return
+    if fused_: yield S.DSDScorer(pipe, **kw); return
+    S.AttentionCapture = functools.partial(AttentionCapture, fused=False)
+    try: yield S.DSDScorer(pipe, **kw)
+    finally: S.AttentionCapture = AttentionCapture
+
+
+def fused(res, steps=10, repeats=5):
+    import statistics, torch
+    from dsd_nb import attention
+    from dsd_nb.attention import AttentionCapture, select_layers
+    from dsd_nb.models import sd21_shaped_pipeline, tiny_pipeline
+    t0 = time.time()
+    # the SD-2.1-shaped UNet on the GPU; --device cpu: the tiny pipeline, a smoke test of this part
+    pipe = (sd21_shaped_pipeline(seed=0, resolution=RES) if DEV == "cuda" else tiny_pipeline(seed=0, resolution=RES)).to(DEV)
+    res.update(build_s=time.time() - t0, resolution=RES)
+    unet = pipe.unet
+    layers = select_layers(unet, "all_cross")
+    real, n = attention.fused_attention, dict(asked=0, fused=0)
+    def spy(*a, **k):
+        got = real(*a, **k); n["asked"] += 1; n["fused"] += got is not None
+        return got
+    attention.fused_attention = spy
+    g = torch.Generator().manual_seed(0)
+    hw = unet.config.sample_size
+    x = torch.randn(8, 4, hw, hw, generator=g); t = torch.randint(0, 1000, (8,), generator=g)
+    ctx = torch.randn(8, 77, unet.config.cross_attention_dim, generator=g)
+    def timed(fn):
+        fn(); sync(); ts = []
+        for _ in range(repeats):
+            t1 = time.perf_counter(); fn(); sync(); ts.append(time.perf_counter() - t1)
+        return statistics.median(ts)
+    try:
+        for name, dt in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            r = res[name] = {}
+            try:
+                unet.to(dt); reset_peak()
+                xd, td, cd = x.to(DEV, dt), t.to(DEV), ctx.to(DEV, dt)
+                run = lambda: unet(xd, td, encoder_hidden_states=cd).sample
+                with torch.no_grad():
+                    d = layers[-1].head_dim  # the backend stock SDPA picks at the largest query grid
+                    q = torch.zeros(8, layers[-1].heads, hw * hw, d, device=DEV, dtype=dt); kk = torch.zeros(8, layers[-1].heads, 77, d, device=DEV, dtype=dt)
+                    r["sdpa_backend"] = int(torch._fused_sdp_choice(q, kk, kk, None, 0.0, False))
+                    del q, kk
+                    stock = run()
+                    n.update(asked=0, fused=0)
+                    with AttentionCapture(unet, "all_cross") as cf: out_f = run()
+                    r["fused_calls"], r["layers"] = n["fused"], len(layers)
+                    with AttentionCapture(unet, "all_cross", fused=False) as ce: out_e = run()
+                    r["fused_out_equals_stock"], r["explicit_out_equals_stock"] = bool(torch.equal(out_f, stock)), bool(torch.equal(out_e, stock))
+                    r["fused_out_max_abs_diff"] = float((out_f.float() - stock.float()).abs().max())
+                    r["lse_max_abs_diff"] = max(float((cf.lse[k] - ce.lse[k]).abs().max()) for k in ce.lse)
+                    r["lse_max_rel_diff"] = max(float(((cf.lse[k] - ce.lse[k]).abs() / ce.lse[k].abs().clamp(min=1)).max()) for k in ce.lse)
+                    def cap_run(f):
+                        with AttentionCapture(unet, "all_cross", fused=f): run()
+                    r["unet_s"] = dict(stock=timed(run), fused=timed(lambda: cap_run(True)), explicit=timed(lambda: cap_run(False)))
+                    r["unet_gpu_peak_gib"] = peak_gib()
+            except Exception: r["error"] = traceback.format_exc()[-2000:]
+        res["fused_failed"] = {str(k): v for k, v in attention._FUSED_FAILED.items()}
+        res["fused_checked"] = sorted(str(k) for k in attention._FUSED_CHECKED)
+    finally:
+        attention.fused_attention = real
+    # scoring: the scorer's default (fused) vs fused=False, fp16 (load_pipeline's CUDA default)
+    unet.to(torch.float16 if DEV == "cuda" else torch.float32); pipe.to(unet.dtype)
+    import sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_score import CAPTIONS, make_image
+    caps, img = CAPTIONS, make_image(0)  # bench_score's workload: 1 image x 10 captions
+    out = {}
+    for tag, f in (("fused", True), ("explicit", False)):
+        with _scorer(pipe, f, steps=steps, seed=0) as sc:
+            sc.score(img, caps[:1]); sync()  # warm-up
+            ts = []
+            for _ in range(3):
+                t1 = time.perf_counter(); s = sc.score(img, caps); sync(); ts.append(time.perf_counter() - t1)
+        out[tag] = (statistics.median(ts), s.float().cpu())
+    res["score"] = dict(dtype=str(unet.dtype), captions=len(caps), timesteps=steps, fused_s=out["fused"][0], explicit_s=out["explicit"][0],
+                        explicit_over_fused=out["explicit"][0] / out["fused"][0],
+                        max_abs_diff=float((out["fused"][1] - out["explicit"][1]).abs().max()),
+                        same_ranking=bool((out["fused"][1].argsort() == out["explicit"][1].argsort()).all()))
+    del pipe, unet
+    import gc; gc.collect()
+    if DEV == "cuda": torch.cuda.empty_cache()  # the parts after this one measure their own GPU peaks
+
+
 def train(res, resolution=512, steps=3):
     resolution = RES
     import torch
@@ -126,7 +222,7 @@ def train(res, resolution=512, steps=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--parts", default="parity,trace,train")
+    ap.add_argument("--parts", default="parity,fused,trace,train")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
     ap.add_argument("--resolution", type=int, default=512)
     a = ap.parse_args()

@@ -5,6 +5,7 @@
 # %% ../nbs/03_attention.ipynb #bb1667eb
 from __future__ import annotations
 from dataclasses import dataclass
+import math, warnings
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
@@ -12,7 +13,7 @@ from .core import DSDInputError
 
 # %% auto #0
 __all__ = ['LAYER_PRESETS', 'ROWS_KEY', 'CrossAttnLayer', 'cross_attention_layers', 'select_layers', 'Rows', 'AttentionObserver',
-           'LSECaptureProcessor', 'AttentionCapture']
+           'fused_attention', 'LSECaptureProcessor', 'AttentionCapture']
 
 # %% ../nbs/03_attention.ipynb #32542371
 @dataclass(frozen=True)
@@ -125,21 +126,95 @@ class AttentionObserver:
     def scored(self, result)->None:
         "Called by a scorer with the `ScoreResult` of a scoring call."
 
+# %% ../nbs/03_attention.ipynb #72321f17
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FLASH, _EFFICIENT, _CUDNN = 1, 2, 3  # torch.nn.attention.SDPBackend values, as torch._fused_sdp_choice returns them
+_FUSED_FAILED = {}    # (device type, dtype, backend) -> why the fused kernel is not used there (not retried)
+_FUSED_CHECKED = set()  # (device type, dtype, backend) whose first LSE matched an explicit computation
+
+def _fused_kernel(query, key, value, scale, backend):
+    "(output, raw logsumexp) from the fused SDPA kernel `backend` on this device; None where there is none to call."
+    aten, dev = torch.ops.aten, query.device.type
+    if dev == "cpu" and backend == _FLASH:
+        return aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, scale=scale)[:2]
+    if dev != "cuda": return None
+    if backend == _FLASH:
+        if query.shape[-1] % 8: return None  # stock SDPA pads such head dims before calling the kernel: leave them to it
+        return aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False, scale=scale)[:2]
+    if backend == _EFFICIENT:  # attn_bias=None, compute_log_sumexp=True
+        return aten._scaled_dot_product_efficient_attention(query, key, value, None, True, 0.0, False, scale=scale)[:2]
+    if backend == _CUDNN:
+        return aten._scaled_dot_product_cudnn_attention(query, key, value, None, True, 0.0, False, False, scale=scale)[:2]
+    return None
+
+def _explicit_lse(query, key, scale)->torch.Tensor: # [b, heads, pixels] fp32
+    "logsumexp over keys of scale * Q K^T, in fp32."
+    s = query.shape[-1] ** -0.5 if scale is None else scale
+    return (torch.matmul(query.float(), key.float().transpose(-1, -2)) * s).logsumexp(-1)
+
+def fused_attention(query:torch.Tensor, # [b, heads, pixels, d] (fp32, bf16 or fp16)
+                    key:torch.Tensor, # [b, heads, tokens, d], same dtype and device
+                    value:torch.Tensor, # [b, heads, tokens, d_v]
+                    scale:float|None=None # logit scale; None: SDPA's default 1/sqrt(d)
+                   )->tuple|None: # (output [b, heads, pixels, d_v] in the inputs' dtype, lse [b, heads, pixels] fp32), or None
+    """Attention output and log-sum-exp over keys of `scale * Q K^T` from one fused SDPA kernel (no mask, no dropout,
+    not causal): the kernel stock `F.scaled_dot_product_attention` would pick, so the output equals its output.
+    The LSE carries no gradient. None where no fused kernel applies (device, dtype or backend not supported, op
+    missing or raising); a failing op is remembered per (device type, dtype, backend) and not tried again."""
+    dev, dt = query.device.type, query.dtype
+    if dev not in ("cpu", "cuda") or dt not in _FUSED_DTYPES: return None
+    try: backend = int(torch._fused_sdp_choice(query, key, value, None, 0.0, False, scale=scale))
+    except (RuntimeError, TypeError, NotImplementedError, AttributeError): return None
+    slot = (dev, dt, backend)
+    if slot in _FUSED_FAILED: return None
+    try:
+        got = _fused_kernel(query, key, value, scale, backend)
+        if got is None: return None
+        out, lse = got
+        b, h, n = query.shape[:3]
+        if lse.dim() == 4 and lse.shape[-1] == 1: lse = lse.squeeze(-1)  # some kernels keep a trailing 1
+        lse = lse[..., :n].float()  # memory-efficient attention pads the queries up (to a multiple of 32)
+        if tuple(out.shape) != (b, h, n, value.shape[-1]) or tuple(lse.shape) != (b, h, n):
+            raise RuntimeError(f"unexpected shapes: output {tuple(out.shape)}, logsumexp {tuple(lse.shape)}")
+        if slot not in _FUSED_CHECKED:  # once per slot: the kernel's LSE means what we think it means
+            with torch.no_grad(): ref = _explicit_lse(query[:1, :1], key[:1, :1], scale)
+            if not torch.allclose(lse[:1, :1], ref, rtol=1e-3, atol=1e-2):
+                raise RuntimeError(f"its logsumexp differs from the explicit one by {(lse[:1, :1] - ref).abs().max().item():.3g}")
+            _FUSED_CHECKED.add(slot)
+    except torch.cuda.OutOfMemoryError: raise  # not a missing kernel: the explicit path would need more memory still
+    except (RuntimeError, TypeError, NotImplementedError, AttributeError) as e:
+        _FUSED_FAILED[slot] = f"{type(e).__name__}: {e}"
+        warnings.warn(f"fused attention kernel (backend {backend}) unavailable on {dev} {dt}, using explicit logits: {_FUSED_FAILED[slot]}")
+        return None
+    return out, lse
+
+
 # %% ../nbs/03_attention.ipynb #3a00ea3a
 class LSECaptureProcessor:
     "An attention processor that reproduces `AttnProcessor2_0` exactly and reports the log-sum-exp of the query-key logits."
-    def __init__(self, layer:CrossAttnLayer, observers:list):
-        self.layer, self.observers = layer, list(observers)
+    def __init__(self, layer:CrossAttnLayer, observers:list,
+                 fused:bool=True): # take output and LSE from one fused kernel where it applies (`fused_attention`)
+        self.layer, self.observers, self.fused = layer, list(observers), fused
         self.wants_probs = any(o.wants_probs for o in self.observers)
 
-    def _observe(self, attn, query, key, attention_mask, rows):
-        logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale  # [b, heads, pixels, tokens]
-        if attention_mask is not None: logits = logits + attention_mask.float()
-        km = None if rows is None else rows.key_mask  # [b, tokens] bool: the log-sum-exp counts these positions only
-        if km is not None and tuple(km.shape) != (logits.shape[0], logits.shape[-1]):
-            raise DSDInputError(f"key_mask has shape {tuple(km.shape)}, but this call has {logits.shape[0]} rows "
-                                f"of {logits.shape[-1]} tokens")
-        lse = (logits if km is None else logits.masked_fill(~km.to(logits.device)[:, None, None, :], float("-inf"))).logsumexp(-1)
+    def _fusable(self, attn, query, key, attention_mask, rows)->bool:
+        "No mask, the LSE needs no gradient, and `attn.scale` is SDPA's default (which the stock output uses)."
+        if not self.fused or attention_mask is not None or (rows is not None and rows.key_mask is not None): return False
+        if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad): return False  # the kernel's LSE has no gradient
+        return abs(attn.scale * math.sqrt(query.shape[-1]) - 1) < 1e-6
+
+    def _observe(self, attn, query, key, attention_mask, rows, lse=None):
+        "Hand the LSE (from explicit fp32 logits unless the fused kernel gave it) and, if wanted, the probabilities to the observers."
+        logits = None
+        if lse is None or self.wants_probs:
+            logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale  # [b, heads, pixels, tokens]
+            if attention_mask is not None: logits = logits + attention_mask.float()
+        if lse is None:
+            km = None if rows is None else rows.key_mask  # [b, tokens] bool: the log-sum-exp counts these positions only
+            if km is not None and tuple(km.shape) != (logits.shape[0], logits.shape[-1]):
+                raise DSDInputError(f"key_mask has shape {tuple(km.shape)}, but this call has {logits.shape[0]} rows "
+                                    f"of {logits.shape[-1]} tokens")
+            lse = (logits if km is None else logits.masked_fill(~km.to(logits.device)[:, None, None, :], float("-inf"))).logsumexp(-1)
         probs = torch.softmax(logits, dim=-1) if self.wants_probs else None
         for o in self.observers: o.attention(self.layer, rows, lse, probs)
 
@@ -165,8 +240,14 @@ class LSECaptureProcessor:
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None: query = attn.norm_q(query)
         if attn.norm_k is not None: key = attn.norm_k(key)
-        self._observe(attn, query, key, attention_mask, dsd_rows)  # the DSD part; then back to the stock computation
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        # the DSD part: output and LSE from one fused kernel (called as stock SDPA calls it: default scale), else explicit logits
+        got = fused_attention(query, key, value) if self._fusable(attn, query, key, attention_mask, dsd_rows) else None
+        if got is not None:
+            hidden_states, lse = got
+            self._observe(attn, query, key, None, dsd_rows, lse)
+        else:
+            self._observe(attn, query, key, attention_mask, dsd_rows)
+            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4: hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
@@ -179,6 +260,7 @@ class _PassRows:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, dsd_rows=None, *args, **kwargs):
         return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
+
 # %% ../nbs/03_attention.ipynb #6c68f84b
 class AttentionCapture(AttentionObserver):
     "Capture cross-attention log-sum-exp (and optionally probabilities) from selected UNet layers; restores processors on exit."
@@ -186,9 +268,11 @@ class AttentionCapture(AttentionObserver):
                  layers="reference", # "reference", "all_cross", or a list (see `select_layers`)
                  probs:bool=False, # also keep softmax probabilities [batch, heads, pixels, tokens] per layer
                  detach:bool|None=None, # detach captured tensors; None: detach unless gradients are enabled
-                 observers:tuple=() # more `AttentionObserver`s that see every hooked call
+                 observers:tuple=(), # more `AttentionObserver`s that see every hooked call
+                 fused:bool=True # output and LSE from one fused kernel where it applies; False: always explicit Q K^T
                 ):
         self.unet, self.layers, self.wants_probs, self.detach = unet, select_layers(unet, layers), probs, detach
+        self.fused = fused
         self.observers = [self, *observers]
         self.lse, self.probs, self.rows, self.latent_hw, self.calls = {}, {}, None, None, 0
         self._saved, self._hook, self._active = None, None, False
@@ -210,9 +294,10 @@ class AttentionCapture(AttentionObserver):
         chosen, out = {l.name: l for l in self.layers}, {}
         for key, prev in self.unet.attn_processors.items():
             name = key[:-len(".processor")]
-            if name in chosen:  # a layer another capture already watches keeps one processor with both observer lists
-                before = prev.observers if isinstance(prev, LSECaptureProcessor) else []
-                out[name] = LSECaptureProcessor(chosen[name], before + self.observers)
+            if name in chosen:  # a layer another capture already watches keeps one processor with both observer lists,
+                shared = isinstance(prev, LSECaptureProcessor)  # fused only if both captures are
+                out[name] = LSECaptureProcessor(chosen[name], (prev.observers if shared else []) + self.observers,
+                                                fused=self.fused and (prev.fused if shared else True))
             elif not isinstance(prev, (LSECaptureProcessor, _PassRows)): out[name] = _PassRows(prev)
         return out
 
@@ -234,6 +319,7 @@ class AttentionCapture(AttentionObserver):
         for n, p in self._saved.items(): mods[n].set_processor(p)
         self._active = False
         return False
+
 
 # %% ../nbs/03_attention.ipynb #e8b67421
 from fastcore.basics import patch

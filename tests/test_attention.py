@@ -3,15 +3,19 @@
 The capture must not change the UNet's output (bit for bit), must restore the processors it replaced
 (also after an exception), must nest, must report exactly logsumexp(scale * q k^T) over the tokens,
 must work with a PEFT LoRA adapter (gradients included), and its "reference" preset must pick the
-six layers of dsd-method.md section 2.9.
+six layers of dsd-method.md section 2.9. With `fused=True` (the default) output and LSE come from one SDPA kernel
+where that applies (no mask, no gradient through the LSE); everywhere else, and with `fused=False`, from explicit logits.
 """
+import warnings
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 from dsd_nb.core import DSDInputError
+from dsd_nb import attention
 from dsd_nb.attention import (AttentionCapture, AttentionObserver, LSECaptureProcessor, CrossAttnLayer, Rows, ROWS_KEY,
-                              cross_attention_layers, select_layers)
+                              cross_attention_layers, select_layers, fused_attention)
 from dsd_nb.models import sd21_unet
 
 
@@ -308,6 +312,183 @@ def test_capture_with_peft_lora(lora_pipe, unet_inputs):
     assert (cap1.layer_means() - lse0).abs().max() > 1e-3
     after = _procs(unet)
     assert all(after[k] is before[k] for k in before)
+
+
+# ----------------------------------------------------------------------------- the fused kernel
+
+@pytest.fixture
+def fused_spy(monkeypatch):
+    "Fresh failure / check caches, and a count of the calls in which `fused_attention` gave (output, LSE)."
+    monkeypatch.setattr(attention, "_FUSED_FAILED", {})
+    monkeypatch.setattr(attention, "_FUSED_CHECKED", set())
+    real, n = attention.fused_attention, {"asked": 0, "fused": 0}
+    def spy(*a, **k):
+        got = real(*a, **k)
+        n["asked"] += 1; n["fused"] += got is not None
+        return got
+    monkeypatch.setattr(attention, "fused_attention", spy)
+    return n
+
+
+def _capture(unet, x, t, ctx, rows=None, **kw):
+    "One UNet call inside a capture of all cross-attention layers: (output, {layer: LSE}, {layer: probs})."
+    with AttentionCapture(unet, "all_cross", **kw) as cap:
+        out = unet(x, t, encoder_hidden_states=ctx, cross_attention_kwargs=None if rows is None else {ROWS_KEY: rows}).sample
+    return out, dict(cap.lse), dict(cap.probs)
+
+
+def _max_diff(a, b): return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
+def test_fused_attention_matches_sdpa_and_explicit_lse():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 5, n, 64, generator=g) for n in (100, 77, 77))
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # the processor's layout: a [b, pixels, heads, d] view
+    out, lse = fused_attention(q, k, v)
+    assert out.shape == (2, 5, 100, 64) and out.dtype == torch.float32
+    assert lse.shape == (2, 5, 100) and lse.dtype == torch.float32
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+    explicit = (q @ k.transpose(-1, -2) / 8).logsumexp(-1)
+    assert (lse - explicit).abs().max() < 1e-5
+    # an explicit scale is the logits' scale
+    _, lse2 = fused_attention(q, k, v, scale=0.3)
+    assert (lse2 - (0.3 * q @ k.transpose(-1, -2)).logsumexp(-1)).abs().max() < 1e-5
+    # no fused kernel for fp64, or where stock SDPA would use its math backend: None, the caller keeps the explicit path
+    assert fused_attention(q.double(), k.double(), v.double()) is None
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    with sdpa_kernel([SDPBackend.MATH]):
+        assert fused_attention(q, k, v) is None
+
+
+def test_fused_lse_carries_no_gradient():
+    "The claim behind the gradient condition: the kernel's LSE is not differentiable (its output is)."
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=g).requires_grad_() for n in (16, 7, 7))
+    out, lse = fused_attention(q, k, v)
+    assert out.requires_grad and not lse.requires_grad and lse.grad_fn is None
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_fused_and_explicit_agree_on_unet(pipe, unet_inputs, fused_spy, probs):
+    unet = pipe.unet
+    with torch.no_grad():
+        stock = _run(unet, *unet_inputs)
+        out_f, lse_f, p_f = _capture(unet, *unet_inputs, probs=probs)
+        assert fused_spy["fused"] == len(lse_f) == len(cross_attention_layers(unet))  # every layer took the kernel
+        out_e, lse_e, p_e = _capture(unet, *unet_inputs, probs=probs, fused=False)
+        assert fused_spy["asked"] == len(lse_f)  # fused=False never asks for the kernel
+    assert torch.equal(out_f, stock) and torch.equal(out_e, stock)
+    assert lse_f.keys() == lse_e.keys()
+    assert _max_diff(lse_f, lse_e) < 1e-5
+    assert _max_diff(lse_f, lse_e) > 0  # two computations indeed (the kernel's online softmax is not the explicit sum)
+    if probs:  # probabilities from explicit logits either way; the LSE is still the kernel's: a trace moves no score
+        assert all(torch.equal(p_f[n], p_e[n]) for n in p_e)
+        with torch.no_grad(): _, lse_nf, _ = _capture(unet, *unet_inputs)
+        assert all(torch.equal(lse_f[n], lse_nf[n]) for n in lse_f)
+
+
+def test_fused_bf16(fresh_pipe, unet_inputs, fused_spy):
+    unet = fresh_pipe.unet.to(torch.bfloat16)
+    x, t, ctx = unet_inputs
+    x, ctx = x.bfloat16(), ctx.bfloat16()
+    with torch.no_grad():
+        stock = _run(unet, x, t, ctx)
+        out_f, lse_f, _ = _capture(unet, x, t, ctx)
+        out_e, lse_e, _ = _capture(unet, x, t, ctx, fused=False)
+    assert fused_spy["fused"] == len(lse_f)
+    assert torch.equal(out_f, stock) and torch.equal(out_e, stock)
+    assert all(v.dtype == torch.float32 for v in lse_f.values())
+    # both take the same bf16 q, k; the kernel accumulates in its own order (measured: 2.4e-5 on LSEs of about 5)
+    assert _max_diff(lse_f, lse_e) < 2e-4
+
+
+@pytest.mark.parametrize("error", [RuntimeError, NotImplementedError, TypeError, AttributeError])
+def test_fallback_when_the_fused_op_fails(pipe, unet_inputs, fused_spy, monkeypatch, error):
+    "A failing op (or a missing one: AttributeError) gives exactly the explicit path's results, and is not tried again."
+    calls = []
+    def broken(*a, **k):
+        calls.append(1)
+        raise error("no such kernel here")
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", broken)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="using explicit logits"):
+            out_f, lse_f, _ = _capture(pipe.unet, *unet_inputs)
+        out_f2, lse_f2, _ = _capture(pipe.unet, *unet_inputs)
+        out_e, lse_e, _ = _capture(pipe.unet, *unet_inputs, fused=False)
+    assert len(calls) == 1  # remembered per (device type, dtype, backend)
+    assert fused_spy["fused"] == 0 and fused_spy["asked"] == 2 * len(lse_f)
+    assert torch.equal(out_f, out_e) and torch.equal(out_f2, out_e)
+    assert all(torch.equal(lse_f[n], lse_e[n]) and torch.equal(lse_f2[n], lse_e[n]) for n in lse_e)
+
+
+def test_fallback_when_the_kernel_lse_is_wrong(pipe, unet_inputs, fused_spy, monkeypatch):
+    "The first LSE of each (device type, dtype, backend) is checked against an explicit one: a wrong kernel is not used."
+    real = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu",
+                        lambda *a, **k: (lambda o: (o[0], o[1] / 1.4427))(real(*a, **k)))  # a log2-based LSE, say
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="differs from the explicit"):
+            out_f, lse_f, _ = _capture(pipe.unet, *unet_inputs)
+        out_e, lse_e, _ = _capture(pipe.unet, *unet_inputs, fused=False)
+    assert fused_spy["fused"] == 0
+    assert torch.equal(out_f, out_e) and all(torch.equal(lse_f[n], lse_e[n]) for n in lse_e)
+
+
+def test_key_mask_takes_the_explicit_path(pipe, unet_inputs, fused_spy):
+    x, t, ctx = unet_inputs
+    km = torch.zeros(2, 77, dtype=torch.bool); km[:, :4] = True
+    with torch.no_grad():
+        stock = _run(pipe.unet, x, t, ctx)
+        out, lse, _ = _capture(pipe.unet, x, t, ctx, rows=Rows(key_mask=km))
+        assert fused_spy["asked"] == 0
+        _, lse_e, _ = _capture(pipe.unet, x, t, ctx, rows=Rows(key_mask=km), fused=False)
+        _, lse_all, _ = _capture(pipe.unet, x, t, ctx)
+    assert torch.equal(out, stock)
+    assert all(torch.equal(lse[n], lse_e[n]) for n in lse)  # the very explicit computation
+    assert all((lse[n] < lse_all[n]).all() for n in lse)    # over 4 of 77 positions
+
+
+def test_gradient_through_lse_takes_the_explicit_path(fresh_pipe, unet_inputs, fused_spy):
+    unet = fresh_pipe.unet
+    x, t, ctx = unet_inputs
+    mods = dict(unet.named_modules())
+    with torch.enable_grad(), AttentionCapture(unet, "reference") as cap:
+        _run(unet, x, t, ctx)
+        assert fused_spy["asked"] == 0
+        cap.layer_means().sum().backward()
+    for name in cap.layer_names:
+        grad = mods[name].to_k.weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    # with gradients enabled but nothing requiring them in q or k, the kernel is used (and its LSE is the same)
+    unet.requires_grad_(False)
+    with torch.enable_grad(), AttentionCapture(unet, "reference") as cap2:
+        _run(unet, x, t, ctx)
+    assert fused_spy["fused"] == 6
+    assert max((cap2.lse[n] - cap.lse[n].detach()).abs().max().item() for n in cap.layer_names) < 1e-5
+
+
+def test_nondefault_scale_takes_the_explicit_path(fresh_pipe, unet_inputs, fused_spy):
+    "Stock SDPA ignores attn.scale (diffusers' TODO): the kernel is used only where attn.scale is SDPA's default."
+    unet = fresh_pipe.unet
+    layer = select_layers(unet, "all_cross")[0]
+    unet.get_submodule(layer.name).scale = 0.5
+    with torch.no_grad():
+        stock = _run(unet, *unet_inputs)
+        out, lse, _ = _capture(unet, *unet_inputs)
+        _, lse_e, _ = _capture(unet, *unet_inputs, fused=False)
+    assert torch.equal(out, stock)
+    assert fused_spy["fused"] == fused_spy["asked"] == len(lse) - 1
+    assert torch.equal(lse[layer.name], lse_e[layer.name])
+
+
+@pytest.mark.parametrize("outer,inner", [(True, True), (True, False), (False, True)])
+def test_shared_layers_fused_only_if_both_captures_are(pipe, outer, inner):
+    unet = pipe.unet
+    with AttentionCapture(unet, "all_cross", fused=outer) as o, AttentionCapture(unet, "reference", fused=inner) as i:
+        procs = {k[:-len(".processor")]: p for k, p in unet.attn_processors.items() if isinstance(p, LSECaptureProcessor)}
+        assert len(procs) == len(o.layers)
+        for name, p in procs.items():
+            assert p.fused == (outer and inner if name in i.layer_names else outer), name
 
 
 # ----------------------------------------------------------------------------- layer selection
