@@ -1,6 +1,5 @@
 """SDXL (issue 20): the tiny SDXL pipeline scored, traced, explored and trained with the same invariants as SD
 (conditioning as SDXL's own pipeline builds it, hooking leaves the UNet's output unchanged, per-sample scores, seeds)."""
-import sys; sys.path.insert(0, "/work/scratch"); import shim  # TEMP
 import PIL.Image
 import pytest
 import torch
