@@ -7,7 +7,6 @@ One image x 10 captions x S=10 timesteps (mode "dsd", reference layers), on the 
                 (VAE encode once, captions encoded once, 10 x (1 empty + 10 captions) = 110 UNet rows, chunked;
                 output and log-sum-exp of each hooked layer from one fused SDPA kernel, the default)
   (a') f      : the same with DSDScorer(..., fused=False): the LSE from explicit fp32 logits, Q K^T a second time
-                (skipped, with a note, where DSDScorer has no `fused` argument)
   (b) naive   : the reference's cost structure (method notes 2.6, 2.12): for each caption separately, for each
                 timestep: VAE-encode the image again, encode "" and the caption, one UNet call on a 2-row batch
                 (empty, caption) with EAGER attention (diffusers `AttnProcessor`, probabilities materialised) in
@@ -95,10 +94,34 @@ def make_image(seed:int=0, size=(300, 220)):
     img = np.clip(img + 0.03 * rng.standard_normal(img.shape), 0, 1)
     return PIL.Image.fromarray((img * 255).round().astype(np.uint8), "RGB")
 
+def sdxl_sized_pipeline(resolution:int=1024, device:str="cpu"):
+    """SDXL-base-1.0's sizes with random weights: its UNet (2.57 B), VAE (SD's 83.7 M layout), CLIP ViT-L text encoder and
+    the OpenCLIP bigG one with its projection; weights made directly on `device` (fp32; cast after)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from dsd_nb import models
+    small = models.tiny_sdxl_pipeline(seed=0, resolution=resolution)          # tokenizers and scheduler
+    tok = small.tokenizer
+    def cfg(d, layers, heads, act): return CLIPTextConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=4 * d,
+                                                       num_hidden_layers=layers, num_attention_heads=heads, hidden_act=act,
+                                                       max_position_embeddings=tok.model_max_length, projection_dim=d,
+                                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                                       pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        vae = AutoencoderKL(**dict(models.SD21_VAE_CONFIG, scaling_factor=0.13025), sample_size=resolution)
+        te, te2 = CLIPTextModel(cfg(768, 12, 12, "quick_gelu")), CLIPTextModelWithProjection(cfg(1280, 32, 20, "gelu"))
+        unet = UNet2DConditionModel(**models.SDXL_UNET_CONFIG, sample_size=resolution // 8)
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=small.tokenizer_2,
+                                     unet=unet, scheduler=small.scheduler, force_zeros_for_empty_prompt=True)
+
 def build_pipe(model:str, dtype:str, resolution:int|None):
     import torch
     from dsd_nb import models
     if model == "tiny": pipe = models.tiny_pipeline(seed=0, resolution=resolution or 64)
+    elif model == "tinyxl": pipe = models.tiny_sdxl_pipeline(seed=0, resolution=resolution or 64)
+    elif model == "sdxl": pipe = sdxl_sized_pipeline(resolution or 1024)
     elif model == "sd21": pipe = models.sd21_shaped_pipeline(seed=0, resolution=resolution or 256)
     elif model == "sd21full": pipe = models.sd21_shaped_pipeline(seed=0, resolution=resolution or 256, full=True)
     else: raise SystemExit(f"unknown model {model!r}")
@@ -114,12 +137,6 @@ def run_a(pipe, image, captions, steps, chunk, fused=True):
     from dsd_nb.scoring import DSDScorer
     kw = {} if fused else dict(fused=False)   # (a) leaves the scorer's default alone
     return DSDScorer(pipe, steps=steps, seed=0, chunk_size=chunk, **kw).score(image, captions)[0]
-
-def scorer_has_fused()->bool:
-    "Whether this dsd_nb's DSDScorer takes `fused` (needed by method f)."
-    import inspect
-    from dsd_nb.scoring import DSDScorer
-    return "fused" in inspect.signature(DSDScorer).parameters
 
 
 # ----------------------------------------------------------------------------------------------- (b) naive loop
@@ -190,9 +207,18 @@ def run_b(pipe, image, captions, steps, latent="mean", text="per_step", seed=0):
     sf = vae.config.scaling_factor
     gvae = torch.Generator("cpu").manual_seed(seed + 1)
 
-    def enc_text(c):
-        ids = tok([c], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-        return te(ids.to(dev))[0]
+    xl = type(pipe).__name__.startswith("StableDiffusionXL")      # SDXL: its pipeline's own prompt encoding, zeros for ""
+    def enc_one(c):  # ([1, L, D], [1, P] or None)
+        if not xl:
+            ids = tok([c], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+            return te(ids.to(dev))[0], None
+        pe, _, pooled, _ = pipe.encode_prompt(c or " ", device=dev, do_classifier_free_guidance=False)
+        return (pe, pooled) if c else (torch.zeros_like(pe), torch.zeros_like(pooled))
+    def enc_text(c):  # the 2-row (empty, caption) conditioning and the UNet's extra keywords
+        (e0, p0), (e1, p1) = enc_one(""), enc_one(c)
+        if not xl: return torch.cat([e0, e1]), {}
+        ids = torch.tensor([[res, res, 0, 0, res, res]] * 2, dtype=dt, device=dev)
+        return torch.cat([e0, e1]), dict(added_cond_kwargs=dict(text_embeds=torch.cat([p0, p1]).to(dt), time_ids=ids))
 
     store, saved = {}, dict(unet.attn_processors)
     unet.set_attn_processor(make_eager_processors(unet, set(ref), store))
@@ -201,18 +227,18 @@ def run_b(pipe, image, captions, steps, latent="mean", text="per_step", seed=0):
         with torch.no_grad():
             for c in captions:                                          # one reference pipeline call per candidate
                 x = images_to_tensor(image, res)                           # preprocessing, once per call
-                if text == "per_call": ctx = torch.cat([enc_text(""), enc_text(c)])
+                if text == "per_call": ctx, extra = enc_text(c)
                 per_t = []
                 for kk, t in enumerate(ts):
                     dist = vae.encode(x.to(dev, vae.dtype)).latent_dist    # re-encoded at every timestep
                     z0 = (dist.mean if latent == "mean" else dist.sample(generator=gvae)).float() * sf
-                    if text == "per_step": ctx = torch.cat([enc_text(""), enc_text(c)])   # [2, L, D]: (empty, caption)
+                    if text == "per_step": ctx, extra = enc_text(c)   # [2, L, D]: (empty, caption)
                     eps = bank[kk][None]
                     ab = abar[t]
                     x_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps                # DDPM forward marginal (= Euler add_noise+scale)
                     store.clear()
                     pred = unet(torch.cat([x_t, x_t]).to(dt), torch.tensor([t, t], device=dev),
-                                encoder_hidden_states=ctx.to(dt)).sample.float()
+                                encoder_hidden_states=ctx.to(dt), **extra).sample.float()
                     err_u = (eps - pred[0:1]).flatten().norm()
                     err_c = (eps - pred[1:2]).flatten().norm()
                     # caption row's LSE, mean over heads and pixels, then over the 6 layers (dsd_nb's per-sample formula)
@@ -231,7 +257,9 @@ def prep_c(pipe, image, captions, steps, chunk):
     from dsd_nb.scoring import DSDScorer
     from dsd_nb.core import add_noise
     s = DSDScorer(pipe, steps=steps, seed=0, chunk_size=chunk)
-    E = torch.cat([s.encode_captions(captions), s.uncond_embedding()])          # [M+1, L, D], row M = ""
+    (E, P), (E0, P0) = s.encode_text(captions), s.uncond_text()
+    E = torch.cat([E, E0])                                                       # [M+1, L, D], row M = ""
+    P = None if P is None else torch.cat([P, P0])                                # SDXL: [M+1, P] pooled text
     mean, _ = s.encode_images(image)
     z0 = mean * pipe.vae.config.scaling_factor                                   # [1, C, h, w]
     K, M = len(s.timesteps), len(captions)
@@ -239,15 +267,17 @@ def prep_c(pipe, image, captions, steps, chunk):
     text = torch.tensor([M] + list(range(M))).repeat(K)                          # per timestep: empty row, then captions
     t = s.timesteps[kidx]
     x_t = add_noise(s.sched, z0.expand(len(kidx), -1, -1, -1), s.noise[kidx], t).to(s.dtype)
-    return x_t, t, E[text].contiguous()
+    extra = None if P is None else (P[text].contiguous(), s.time_ids.expand(len(t), -1).contiguous())
+    return x_t, t, E[text].contiguous(), extra
 
 def run_c(pipe, rows, chunk):
     import torch
-    x_t, t, ctx = rows
+    x_t, t, ctx, extra = rows
     outs = []
     with torch.no_grad():
         for i in range(0, len(x_t), chunk):
-            outs.append(pipe.unet(x_t[i:i + chunk], t[i:i + chunk], encoder_hidden_states=ctx[i:i + chunk]).sample)
+            kw = {} if extra is None else dict(added_cond_kwargs=dict(text_embeds=extra[0][i:i + chunk], time_ids=extra[1][i:i + chunk]))
+            outs.append(pipe.unet(x_t[i:i + chunk], t[i:i + chunk], encoder_hidden_states=ctx[i:i + chunk], **kw).sample)
     return torch.cat(outs)
 
 
@@ -325,7 +355,6 @@ def child(args):
         return
 
     if args.method in ("a", "f"):
-        if args.method == "f" and not scorer_has_fused(): raise SystemExit("method f needs DSDScorer(..., fused=False)")
         fused = args.method == "a"
         fn = lambda: run_a(pipe, image, caps, args.steps, args.chunk, fused)
         warm = lambda: run_a(pipe, image, caps, 1, args.chunk, fused)             # light: 1 timestep = 11 rows
@@ -339,7 +368,8 @@ def child(args):
         prepared = prep_c(pipe, image, caps, args.steps, args.chunk)
         out["prep_s"] = time.perf_counter() - t1
         fn = lambda: run_c(pipe, prepared, args.chunk)
-        warm = lambda: run_c(pipe, tuple(x[:n_caps + 1] for x in prepared), args.chunk)
+        warm = lambda: run_c(pipe, (*(x[:n_caps + 1] for x in prepared[:3]),
+                                    None if prepared[3] is None else tuple(x[:n_caps + 1] for x in prepared[3])), args.chunk)
         rows = K * (n_caps + 1)
     else: raise SystemExit(f"unknown method {args.method!r}")
 
@@ -456,7 +486,7 @@ def render(info, results, args)->str:
              "(/proc/self/task/*/schedstat) during the timed runs; above ~5% the timing is inflated by other processes. "
              "*peak RSS, timed runs*: VmHWM after resetting it (/proc/self/clear_refs) just before the timed runs; "
              "*whole process*: ru_maxrss including model build (the bf16 models are built in fp32, then cast) and warm-up.\n")
-    L.append("| model | dtype | (b)/(a) speed-up (target >= 3x) | (a)/(c) overhead (target <= 1.15x) | (a')/(c) overhead, fused=False | (a) vs (a') scores: max abs diff | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | contention a / a' / b / c |")
+    L.append("| model | dtype | (b)/(a) speed-up (target >= 4x) | (a)/(c) overhead (target <= 1.05x) | (a')/(c) overhead, fused=False | (a) vs (a') scores: max abs diff | (a) vs (b) scores: max abs diff | same ranking | smallest gap between (a) scores | contention a / a' / b / c |")
     L.append("|---|---|---:|---:|---:|---:|---:|---|---:|---|")
     by = {}
     for r in results: by.setdefault((r["model"], r["dtype"]), {})[r["method"]] = r
@@ -530,9 +560,6 @@ def _parent(args):
     info = machine_info()
     results = []
     methods = args.methods.split(",")
-    if "f" in methods and not scorer_has_fused():
-        print("skipping (a') (method f): this dsd_nb's DSDScorer has no `fused` argument", flush=True)
-        methods.remove("f")
     t0 = time.perf_counter()
     for model, dtype in variants:
         for method in methods:

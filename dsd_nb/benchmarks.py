@@ -199,7 +199,6 @@ def _sub_block(b, keep:list|None, ks:slice, t2i:bool):
     if keep is not None and t2i: kw.update(latents=lat[keep], images=[b.images[i] for i in keep] if b.images is not None else None)
     elif keep is not None:
         kw.update(context=b.context[keep], captions=[b.captions[i] for i in keep], pooled=None if b.pooled is None else b.pooled[keep],
-
                   key_masks=None if b.key_masks is None else b.key_masks[keep])
     return dataclasses.replace(b, **kw)
 

@@ -106,7 +106,6 @@ def example_blocks(scorer:DSDScorer, examples:list, # `RankingExample`s
         ci = [cidx[c] for c in e.captions]
         out.append(Block((mean * sf)[:, None], E[ci], torch.cat(ts), torch.cat(eps), scorer.token_masks(e.captions),
                          captions=list(e.captions), images=e.images, pooled=None if pooled is None else pooled[ci]))
-
     return out
 
 def example_scores(results:list, examples:list)->list: # one [C] score tensor per example, positive first

@@ -17,7 +17,6 @@ from .attention import AttentionCapture, Rows, ROWS_KEY, select_layers
 from .tracing import AttentionTrace
 from .models import check_pipeline, pipeline_family
 
-
 # %% auto #0
 __all__ = ['MODES', 'TOKEN_MASKS', 'CaptionTruncatedWarning', 'encode_captions', 'encode_text', 'ScoreResult', 'timestep_scores',
            'DSDScorer', 'Block', 'BlockTerms']
@@ -58,7 +57,6 @@ def encode_text(pipe, # a Stable Diffusion or SDXL pipeline
     o1 = _text_encoder_output(pipe.tokenizer, pipe.text_encoder, captions, grad, hidden_states=True)
     o2 = _text_encoder_output(pipe.tokenizer_2, pipe.text_encoder_2, captions, grad, hidden_states=True, warn=False)
     return torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1), o2[0]
-
 
 # %% ../nbs/04_scoring.ipynb #b83a18e5
 @dataclass
@@ -134,6 +132,8 @@ class DSDScorer:
         seed = check(seed, "seed", lo=0, hi=MAX_SEED - 1, msg=f"an integer from 0 to {MAX_SEED - 1} (seed + 1 seeds the latent samples)")
         check_pipeline(pipe, warn=False)
         self.pipe, self.unet, self.vae = pipe, pipe.unet, pipe.vae
+        if pipeline_family(pipe) == "sdxl" and self.vae.config.get("force_upcast", False) and next(self.vae.parameters()).dtype == torch.float16:
+            self.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (its config says force_upcast): fp32, as SDXL's own pipelines do
         p = next(self.unet.parameters())  # read once: diffusers' `.device`/`.dtype` walk every submodule on each access
         self._device, self._dtype, self._vae_dtype = p.device, p.dtype, next(self.vae.parameters()).dtype
         self.mode, self.seed, self.latent, self.resize, self.chunk_size = mode, seed, latent, resize, chunk_size
@@ -168,7 +168,6 @@ class DSDScorer:
                 f"layers={len(self.layers)}, size={self.size}, seed={self.seed}, reference_parity={self.reference_parity}"
                 + (f", token_mask={self.token_mask!r}" if self.token_mask != "all" else "") + ("" if self.fused else ", fused=False")
                 + (", sdxl=True)" if self.sdxl else ")"))
-
 
 # %% ../nbs/04_scoring.ipynb #9af6c8d3
 from fastcore.basics import patch
@@ -352,7 +351,6 @@ def _run_blocks(self:DSDScorer, blocks:list, grad:bool, unet, uncond, capture)->
                                                                     time_ids=self.time_ids.expand(len(t), -1)))
             pred = (unet or self.unet)(x_t.to(self.dtype), t, encoder_hidden_states=C[r["text"].to(C.device)],
                                        cross_attention_kwargs={ROWS_KEY: rows}, **cond).sample
-
             eps_hat = epsilon_from_prediction(self.sched, pred.float(), x_t, t)
             atts.append(cap.layer_means()); sqs.append((eps - eps_hat).pow(2).flatten(1).sum(1))
             bar.update(len(z))
@@ -409,7 +407,6 @@ def score_blocks(self:DSDScorer, blocks:list, # `Block`s (see `block`)
         raise DSDInputError("capture must watch the scorer's layers: AttentionCapture(scorer.unet, scorer.layers)")
     for o in self._observers: o.start(blocks, self)
     uncond = self.uncond_text(grad=text_grad)
-
     att, sq = self._run_blocks(blocks, grad, unet, uncond, capture)
     out = [self._result(b, t) for b, t in zip(blocks, self._block_terms(blocks, att, sq))]
     for o in self._observers:

@@ -14,7 +14,6 @@ from .core import DSDInputError, check, check_seed
 from .plumbing import atomic_folder, write_atomic, make_folder
 from .models import pipeline_family
 
-
 # %% auto #0
 __all__ = ['LORA_PROJECTIONS', 'SOFT_PROMPT_KEY', 'lora_config', 'check_lora_rank', 'add_lora', 'lora_parameters', 'use_adapter',
            'soft_prompt', 'add_soft_prompt', 'remove_soft_prompt', 'save_soft_prompt', 'load_soft_prompt',
@@ -65,7 +64,6 @@ def add_lora(pipe,
     if name in getattr(pipe.unet, "peft_config", {}): raise DSDInputError(f"the UNet already has an adapter named {name!r}")
     config = lora_config(rank, alpha, layers, init); check_lora_rank(pipe.unet, rank, layers)  # a refused call changes nothing
     for m in _frozen_parts(pipe): m.requires_grad_(False)
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(check_seed(seed))
         _add_adapter(pipe.unet, config, name)
@@ -146,7 +144,6 @@ def add_soft_prompt(pipe,
         raise DSDInputError(f"a soft prompt for this text encoder is [n_tokens, {D}] = [{n_tokens}, {D}]; got {list(init.shape)}")
     if not torch.isfinite(init).all(): raise DSDInputError("the soft prompt's initial vectors hold NaN or infinite values")
     for m in _frozen_parts(pipe): m.requires_grad_(False)
-
     emb.register_parameter(SOFT_PROMPT_KEY, torch.nn.Parameter(init.clone().to(emb.weight.device), requires_grad=True))
     emb._dsd_soft_hook = emb.register_forward_hook(_soft_hook(pipe.tokenizer.eos_token_id))
     return soft_prompt(pipe)
@@ -320,7 +317,6 @@ class SoftPrompt(Trainable):
     def __init__(self, pipe, n_tokens:int=8):
         _no_soft_prompt_on_sdxl(pipe)
         if soft_prompt(pipe) is not None:
-
             raise DSDInputError("the pipeline already has a soft prompt: remove_soft_prompt(pipe) or load a fresh pipeline")
         if n_tokens > pipe.tokenizer.model_max_length - 2:
             raise DSDInputError(f"soft_tokens must be at most {pipe.tokenizer.model_max_length - 2} for this text encoder; got {n_tokens}")
