@@ -10,6 +10,13 @@
               LSE fused vs explicit (max abs diff), UNet-call times (8 rows, all 16 cross-attention layers); then
               DSDScorer.score (fp16; bench_score's 1 image x 10 captions x 10 timesteps) with fused=True vs
               fused=False: time and score difference (estimated at about a minute on an H200; not yet run there)
+  ratios    : issue 20's ratios at native resolutions in fp16, side by side in one run: SD-2.1-base sizes at 512 px and
+              SDXL-base sizes at 1024 px (random weights, made on the GPU), bench_score's workload (1 image x 10
+              captions x 10 timesteps): (a) DSDScorer.score, (a') the same with fused=False, (b) the naive per-pair loop
+              with the reference's cost structure (3 captions timed, scaled to 10), (c) the bare UNet rows;
+              (b)/(a), (a)/(c), (a')/(c) and score agreement
+  evaluator : block throughput of the evaluator (`evaluate_benchmark`, in memory) on scene-world examples (i2t 1 x C
+              and t2i C x 1 blocks) at both sizes: examples and UNet rows per second, at 8 and 32 examples per call
   train     : one prompt-learning step (LoRA rank 4 on all attention layers, 2 i2t examples x 6 captions) on the
               SD-2.1-shaped UNet at 512 px on the GPU, bf16 autocast through accelerate, with and without gradient
               checkpointing: time per step and peak GPU memory
@@ -19,7 +26,7 @@ Each part records its numbers (or its error) in one JSON file; a failing part do
     HF_HUB_OFFLINE=1 python bench/gpu_check.py --out gpu_check.json
 """
 from __future__ import annotations
-import argparse, contextlib, json, os, time, traceback
+import argparse, json, os, time, traceback
 
 
 DEV = "cuda"
@@ -100,17 +107,87 @@ def trace(res, resolution=512, steps=10):
                same_scores_as_trace=float((s[0].float().cpu() - tr.scores.float().cpu()).abs().max()))
 
 
-@contextlib.contextmanager
-def _scorer(pipe, fused_, **kw):
-    "A DSDScorer with fused=fused_; where DSDScorer has no `fused` yet, fused=False patches its module's AttentionCapture meanwhile."
-    import inspect, functools
-    import dsd_nb.scoring as S
-    from dsd_nb.attention import AttentionCapture
-    if "fused" in inspect.signature(S.DSDScorer).parameters: yield S.DSDScorer(pipe, fused=fused_, **kw); return
-    if fused_: yield S.DSDScorer(pipe, **kw); return
-    S.AttentionCapture = functools.partial(AttentionCapture, fused=False)
-    try: yield S.DSDScorer(pipe, **kw)
-    finally: S.AttentionCapture = AttentionCapture
+def _bench():
+    "bench/bench_score.py, for its workload and its methods (a), (b), (c)."
+    import sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_score
+    return bench_score
+
+def _timed(fn, repeats, warm=None):
+    "Median seconds of `fn` over `repeats` runs after one warm-up run (`warm`, default `fn`), and its last result."
+    (warm or fn)(); sync()
+    ts, out = [], None
+    for _ in range(repeats):
+        t1 = time.perf_counter(); out = fn(); sync(); ts.append(time.perf_counter() - t1)
+    return sorted(ts)[len(ts) // 2], out
+
+def _sized(name, px):
+    "fp16 pipelines of the measured sizes with random weights made on the device; tiny ones for --device cpu."
+    import torch
+    from dsd_nb.models import sd21_shaped_pipeline, tiny_pipeline, tiny_sdxl_pipeline
+    B = _bench()
+    with torch.device(DEV):
+        if name == "sd21": pipe = sd21_shaped_pipeline(seed=0, resolution=px, full=True)
+        elif name == "sdxl": pipe = B.sdxl_sized_pipeline(px, device=DEV)
+        elif name == "tiny": pipe = tiny_pipeline(seed=0, resolution=px)
+        else: pipe = tiny_sdxl_pipeline(seed=0, resolution=px)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(DEV, torch.float16 if DEV == "cuda" else torch.float32)
+
+def _sizes(): return [("sd21", 512), ("sdxl", 1024)] if DEV == "cuda" else [("tiny", 64), ("tinyxl", 64)]
+
+def _free():
+    import gc, torch
+    gc.collect()
+    if DEV == "cuda": torch.cuda.empty_cache()
+
+def ratios(res, steps=10, nb=3):
+    import torch
+    B = _bench()
+    img, caps = B.make_image(0), B.CAPTIONS
+    for name, px in _sizes():
+        r = res[name] = dict(resolution=px)
+        try:
+            t0 = time.time(); pipe = _sized(name, px); sync(); r["build_s"] = time.time() - t0
+            r["unet_params_M"] = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+            reset_peak()
+            ta, sa = _timed(lambda: B.run_a(pipe, img, caps, steps, 32), 3)
+            tf, sf = _timed(lambda: B.run_a(pipe, img, caps, steps, 32, fused=False), 3)
+            r["a_gpu_peak_gib"] = peak_gib()
+            tb, sb = _timed(lambda: B.run_b(pipe, img, caps[:nb], steps), 1, warm=lambda: B.run_b(pipe, img, caps[:1], 1))
+            prepared = B.prep_c(pipe, img, caps, steps, 32)
+            tc, _ = _timed(lambda: B.run_c(pipe, prepared, 32), 3)
+            tb *= len(caps) / nb
+            sa, sf, sb = sa.float().cpu(), sf.float().cpu(), sb.float().cpu()
+            r.update(dtype=str(pipe.unet.dtype), unet_rows=steps * (len(caps) + 1), a_s=ta, f_s=tf, b_s_scaled=tb, c_s=tc,
+                     b_over_a=tb / ta, a_over_c=ta / tc, f_over_c=tf / tc, a_vs_f_max_abs_diff=float((sa - sf).abs().max()),
+                     a_vs_b_max_abs_diff=float((sa[:nb] - sb).abs().max()), scores_finite=bool(torch.isfinite(sa).all()))
+        except Exception: r["error"] = traceback.format_exc()[-2000:]
+        finally:
+            pipe = prepared = None; _free()
+
+def evaluator(res, steps=10):
+    from dsd_nb.scoring import DSDScorer
+    from dsd_nb.evaluate import scene_ranking_examples
+    from dsd_nb.benchmarks import evaluate_benchmark, unet_rows
+    for name, px in _sizes():
+        r = res[name] = dict(resolution=px)
+        try:
+            pipe = _sized(name, px)
+            n = 32 if name != "sdxl" else 16
+            ex = scene_ranking_examples("test", n // 2, direction="both", size=px)  # i2t and t2i blocks of each scene
+            sc = DSDScorer(pipe, steps=steps, seed=0)
+            evaluate_benchmark(sc, ex[:2], progress=False); sync()  # warm-up
+            rows = unet_rows(ex, len(sc.timesteps))
+            r.update(examples=len(ex), blocks=sorted({f"{len(e.images)}x{len(e.captions)}" for e in ex}), unet_rows=rows)
+            for batch in (8, 32):
+                reset_peak(); t1 = time.perf_counter()
+                evaluate_benchmark(sc, ex, batch=batch, progress=False); sync()
+                dt = time.perf_counter() - t1
+                r[f"batch{batch}"] = dict(s=dt, examples_per_s=len(ex) / dt, rows_per_s=rows / dt, gpu_peak_gib=peak_gib())
+        except Exception: r["error"] = traceback.format_exc()[-2000:]
+        finally:
+            pipe = sc = None; _free()
 
 
 def fused(res, steps=10, repeats=5):
@@ -118,6 +195,7 @@ def fused(res, steps=10, repeats=5):
     from dsd_nb import attention
     from dsd_nb.attention import AttentionCapture, select_layers
     from dsd_nb.models import sd21_shaped_pipeline, tiny_pipeline
+    from dsd_nb.scoring import DSDScorer
     t0 = time.time()
     # the SD-2.1-shaped UNet on the GPU; --device cpu: the tiny pipeline, a smoke test of this part
     pipe = (sd21_shaped_pipeline(seed=0, resolution=RES) if DEV == "cuda" else tiny_pipeline(seed=0, resolution=RES)).to(DEV)
@@ -175,11 +253,11 @@ def fused(res, steps=10, repeats=5):
     caps, img = CAPTIONS, make_image(0)  # bench_score's workload: 1 image x 10 captions
     out = {}
     for tag, f in (("fused", True), ("explicit", False)):
-        with _scorer(pipe, f, steps=steps, seed=0) as sc:
-            sc.score(img, caps[:1]); sync()  # warm-up
-            ts = []
-            for _ in range(3):
-                t1 = time.perf_counter(); s = sc.score(img, caps); sync(); ts.append(time.perf_counter() - t1)
+        sc = DSDScorer(pipe, fused=f, steps=steps, seed=0)
+        sc.score(img, caps[:1]); sync()  # warm-up
+        ts = []
+        for _ in range(3):
+            t1 = time.perf_counter(); s = sc.score(img, caps); sync(); ts.append(time.perf_counter() - t1)
         out[tag] = (statistics.median(ts), s.float().cpu())
     res["score"] = dict(dtype=str(unet.dtype), captions=len(caps), timesteps=steps, fused_s=out["fused"][0], explicit_s=out["explicit"][0],
                         explicit_over_fused=out["explicit"][0] / out["fused"][0],
@@ -222,7 +300,7 @@ def train(res, resolution=512, steps=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--parts", default="parity,fused,trace,train")
+    ap.add_argument("--parts", default="parity,fused,ratios,evaluator,trace,train")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
     ap.add_argument("--resolution", type=int, default=512)
     a = ap.parse_args()
