@@ -1,4 +1,6 @@
-"""Cost of dsd_nb's LSECaptureProcessor vs the stock AttnProcessor2_0 on the reference layers, one 32-row UNet chunk.
+"""Cost of dsd_nb's LSECaptureProcessor vs the stock AttnProcessor2_0 on the reference layers, one 32-row UNet chunk:
+the capture as the scorer uses it (fused log-sum-exp, the default) and with fused=False (explicit Q.K^T logits), the three
+measured in turn within each repeat.
 
     HF_HUB_OFFLINE=1 python bench/profile_lse.py --model sd21 --dtype bf16 [--repeats 2]
 """
@@ -17,7 +19,9 @@ import warnings; warnings.filterwarnings("ignore")
 from dsd_nb.attention import AttentionCapture, select_layers
 
 pipe = B.build_pipe(args.model, args.dtype, None)
-x_t, t, ctx = (v[:args.chunk] for v in B.prep_c(pipe, B.make_image(0), B.CAPTIONS, 10, args.chunk))
+x_t, t, ctx, extra = B.prep_c(pipe, B.make_image(0), B.CAPTIONS, 10, args.chunk)
+x_t, t, ctx = x_t[:args.chunk], t[:args.chunk], ctx[:args.chunk]
+kw = {} if extra is None else dict(added_cond_kwargs=dict(text_embeds=extra[0][:args.chunk], time_ids=extra[1][:args.chunk]))
 unet = pipe.unet
 ref = [l.processor_key for l in select_layers(unet, "reference")]
 acc = {}
@@ -41,20 +45,22 @@ def unwrap(keys):
 
 def forward():
     acc.clear(); t0 = time.perf_counter()
-    with torch.no_grad(): unet(x_t, t, encoder_hidden_states=ctx)
+    with torch.no_grad(): unet(x_t, t, encoder_hidden_states=ctx, **kw)
     return time.perf_counter() - t0, sum(acc.values())
 
-res = {"stock": [], "capture": []}
+res = {"stock": [], "fused": [], "explicit": []}
 forward()                                                               # warm-up
 for _ in range(args.repeats):
     wrap(ref); res["stock"].append(forward()); unwrap(ref)
-    with AttentionCapture(unet, "reference") as cap:
-        wrap(ref); res["capture"].append(forward())
-        unwrap(ref)                                                     # restore the capture's own processors before exit
+    for name in ("fused", "explicit"):
+        with AttentionCapture(unet, "reference", fused=name == "fused") as cap:
+            wrap(ref); res[name].append(forward())
+            unwrap(ref)                                                 # restore the capture's own processors before exit
 print(f"{args.model} {args.dtype}, one UNet call on {args.chunk} rows, {len(ref)} reference layers")
 for k, v in res.items():
     print(f"  {k:8s} UNet call {statistics.median(x[0] for x in v):7.3f} s   of which the 6 reference attn2 processors "
           f"{statistics.median(x[1] for x in v) * 1e3:8.1f} ms   (runs: {[(round(a, 2), round(b * 1e3, 1)) for a, b in v]})")
-d = statistics.median(x[1] for x in res["capture"]) - statistics.median(x[1] for x in res["stock"])
-print(f"  LSE capture extra in the processors: {d * 1e3:.1f} ms per {args.chunk}-row call "
-      f"= {d / statistics.median(x[0] for x in res['stock']) * 100:.2f}% of the call")
+for name in ("fused", "explicit"):
+    d = statistics.median(x[1] for x in res[name]) - statistics.median(x[1] for x in res["stock"])
+    print(f"  LSE capture ({name}) extra in the processors: {d * 1e3:.1f} ms per {args.chunk}-row call "
+          f"= {d / statistics.median(x[0] for x in res['stock']) * 100:.2f}% of the call")

@@ -333,6 +333,7 @@ def resolve_model(name_or_path:str|None=None # built-in name, local folder, or h
 
 # %% ../nbs/02_models.ipynb #9ea9aad7
 SUPPORTED_MODELS = "Stable Diffusion 1.x/2.x and SDXL text-to-image pipelines"
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # what DDPMScheduler builds
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what `epsilon_from_prediction` turns into the noise DSD compares
 _UNUSED_PARTS = ("feature_extractor", "safety_checker", "image_encoder")  # never required, never loaded
 _TRANSFORMER_FAMILIES = (("StableDiffusion3", "Stable Diffusion 3"), ("Flux", "Flux"), ("PixArt", "PixArt"), ("Sana", "Sana"),
@@ -393,7 +394,7 @@ def _check_parts(cls_name:str|None, # the pipeline's class name (`_class_name` o
     n, m = unet.get("in_channels"), vae.get("latent_channels")
     if n is not None and m is not None and n != m:
         no(f"the UNet takes {n} input channels but the VAE makes {m} latent channels: "
-           f"{_IN_CHANNELS.get(n, 'not a plain text-to-image UNet')}, not a text-to-image one")
+           + (f"{_IN_CHANNELS[n]}, not a text-to-image one" if n in _IN_CHANNELS else "the UNet and the VAE come from different models"))
     if unet.get("class_embed_type") is not None or unet.get("num_class_embeds") is not None:
         no(f"the UNet needs class labels (class_embed_type={unet.get('class_embed_type')!r}, num_class_embeds="
            f"{unet.get('num_class_embeds')!r}), as unCLIP and upscaler UNets do: it is not a plain text-to-image UNet")
@@ -423,9 +424,15 @@ def _check_parts(cls_name:str|None, # the pipeline's class name (`_class_name` o
            f"ids x addition_time_embed_dim {t} make {pooled + 6 * t}: text_encoder_2 and the UNet come from different models")
     sched = cfgs.get("scheduler") if isinstance(cfgs.get("scheduler"), dict) else None
     if sched is not None:
-        if "FlowMatch" in str(sched.get("_class_name", "")):
-            no(f"its scheduler is a {sched['_class_name']} (flow matching, as in SD3 and Flux), not a DDPM noise schedule")
-        kind = sched.get("prediction_type", "epsilon")
+        sname, kind = str(sched.get("_class_name", "")), sched.get("prediction_type", "epsilon")
+        if "FlowMatch" in sname or kind in ("flow", "flow_prediction"):
+            no(f"its scheduler{f' ({sname})' if sname else ''} is flow matching (as in SD3 and Flux), not a DDPM noise schedule")
+        if "EDM" in sname or "sigma_data" in sched:
+            no(f"its scheduler{f' ({sname})' if sname else ''} is an EDM noise schedule (as in Playground v2.5), "
+               "not the DDPM beta schedule DSD noises latents with")
+        if sched.get("trained_betas") is None and sched.get("beta_schedule") not in _BETA_SCHEDULES:
+            no(f"its scheduler config gives no DDPM beta schedule (beta_schedule={sched.get('beta_schedule')!r}, no trained_betas): "
+               f"DSD noises latents with the model's own schedule ({', '.join(_BETA_SCHEDULES)}) and will not guess one")
         if kind not in PREDICTION_TYPES:
             no(f"the scheduler's prediction_type {kind!r} is unknown: DSD turns {', '.join(PREDICTION_TYPES[:-1])} and {PREDICTION_TYPES[-1]} predictions into "
                "the noise it compares")

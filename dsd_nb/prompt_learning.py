@@ -21,7 +21,7 @@ from .evaluate import (scene_ranking_examples, example_generator, fill_cache, ex
 from .runs import RunFolder, has_checkpoint
 from .examples import few_shot
 from .benchmark_data import load_comvg
-from .trainables import Trainable, LoRA, SoftPrompt, soft_prompt
+from .trainables import Trainable, LoRA, SoftPrompt, soft_prompt, _no_soft_prompt_on_sdxl
 
 # %% auto #0
 __all__ = ['UNUSED', 'RUN_WRITES', 'MAX_VAL_N', 'MAX_SHOTS', 'PromptConfig', 'ranking_scores', 'ranking_loss', 'batch_indices',
@@ -349,6 +349,9 @@ def train_on_dataset(out, # the run folder (required: checkpoints, metrics.csv, 
         raise DSDInputError("keep_best needs validation examples: use val_n > 0 with the scene dataset "
                             "(a ComVG-layout dataset has no validation split here)")
     check_max_minutes(max_minutes)
+    if config.method == "soft_prompt":  # refused from the model's configs, before a possibly large model loads
+        from dsd_nb.models import resolve_model, _precheck
+        _no_soft_prompt_on_sdxl(_precheck(*resolve_model(model), model or "default") or "sd")
     train, val = training_examples(dataset, shots, direction, images_dir, val_n, config.seed)
     info = dict(dataset=dataset, images_dir=images_dir, shots=str(shots), direction=direction, model=model or "default", val_n=val_n)
     return train_prompt(load_pipeline(model, device=device), train, val, out=out, config=config, overwrite=overwrite,

@@ -117,10 +117,10 @@ def _soft_hook(eos_id:int):
     return hook
 
 # %% ../nbs/12b_trainables.ipynb #48b7f6d2
-def _no_soft_prompt_on_sdxl(pipe):
-    if pipeline_family(pipe) == "sdxl":
+def _no_soft_prompt_on_sdxl(pipe_or_family):  # a pipeline, or its family ("sd", "sdxl") read from its configs
+    if (pipe_or_family if isinstance(pipe_or_family, str) else pipeline_family(pipe_or_family)) == "sdxl":
         raise DSDInputError("soft prompts live in SD 1.x/2.x's one text encoder; this SDXL pipeline has two: "
-                            "train a LoRA adapter instead (method 'lora')")
+                            "train a LoRA adapter instead (method 'lora', `--method lora`)")
 
 def add_soft_prompt(pipe,
  n_tokens:int=8, # soft positions after the end-of-text token (at most 75)

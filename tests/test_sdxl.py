@@ -157,3 +157,15 @@ def test_sdxl_blocks_need_pooled_text(xl):
     b = s.block(RED, CAPS)
     b.pooled = None
     with pytest.raises(DSDInputError, match="pooled"): s.score_blocks([b])
+
+
+def test_dsd_train_refuses_soft_prompt_on_sdxl_before_loading(tmp_path, xl, capsys):
+    "From the folder's configs: the weights (broken here) are never read."
+    from dsd_nb.models import save_pipeline
+    from dsd_nb.cli import dsd_train
+    folder = save_pipeline(xl, tmp_path / "xl")
+    for w in folder.rglob("*.safetensors"): w.write_bytes(b"not safetensors")
+    rc = dsd_train(["--out", str(tmp_path / "run"), "--model", str(folder), "--method", "soft_prompt", "--train_steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "this SDXL pipeline has two" in err, err
+    assert not (tmp_path / "run").exists()
