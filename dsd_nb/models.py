@@ -114,7 +114,10 @@ def sd21_unet(seed:int=0, # seed for the random weights
               device:str="cpu" # "meta" builds the structure only, with no memory
              )->UNet2DConditionModel:
     "A UNet with SD-2.1-base's exact architecture and random weights (865.9 M parameters), for benchmarks and shape checks."
-    cfg = dict(SD21_UNET_CONFIG, sample_size=sample_size)
+    return _random_unet(dict(SD21_UNET_CONFIG, sample_size=sample_size), seed, dtype, device)
+
+def _random_unet(cfg:dict, seed, dtype, device)->UNet2DConditionModel:
+    "A UNet of config `cfg` with seeded random weights; on the meta device, the structure only."
     if str(device) == "meta":
         from accelerate import init_empty_weights
         with init_empty_weights(): return UNet2DConditionModel(**cfg)
@@ -160,12 +163,7 @@ def sdxl_unet(seed:int=0, # seed for the random weights
               device:str="cpu" # "meta" builds the structure only, with no memory
              )->UNet2DConditionModel:
     "A UNet with SDXL-base-1.0's architecture and random weights (2.57 B parameters), for GPU benchmarks and shape checks."
-    cfg = dict(SDXL_UNET_CONFIG, sample_size=sample_size)
-    if str(device) == "meta":
-        from accelerate import init_empty_weights
-        with init_empty_weights(): return UNet2DConditionModel(**cfg)
-    with _fork_seed(seed): unet = UNet2DConditionModel(**cfg)
-    return unet.to(dtype=dtype, device=device)
+    return _random_unet(dict(SDXL_UNET_CONFIG, sample_size=sample_size), seed, dtype, device)
 
 def tiny_sdxl_pipeline(seed:int=0, # seed for all random weights
                        resolution:int=64, # image size in pixels (the latent is resolution/8)
