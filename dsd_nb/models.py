@@ -478,6 +478,9 @@ def _precheck(src:str, # what `resolve_model` returned: a folder or a hub id
         if gone := [k for k in need if k in parts and not (Path(src) / k).is_dir()]:
             raise DSDInputError(f"cannot use {name!r}: its model_index.json lists {', '.join(gone)} but there is no "
                                 f"{', no '.join(k + '/' for k in gone)} folder in '{src}'")
+        if bad := [rel for k, rel in _CONFIG_FILES.items() if k in parts and (Path(src) / k).is_dir() and cfgs.get(k) is None]:
+            raise DSDInputError(f"cannot use {name!r}: {' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} missing or not JSON "
+                                f"in '{src}': copy the model's folder again")
     return family
 
 

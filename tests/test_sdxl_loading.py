@@ -222,3 +222,10 @@ def test_cli_refusals_exit_2_one_line(saved, tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (name, r.returncode, r.stderr)
         assert lines[0].startswith(f"dsd-score: error: cannot use {str(folders[name])!r}: "), (name, lines[0])
         assert REFUSALS[name][3] in lines[0] and r.stdout.strip() == "", (name, lines[0])
+
+
+def test_missing_component_config_is_named(saved, tmp_path):
+    "A component folder without its config (a half-copied model) is named, not left to transformers' unrelated message."
+    f = _edit(saved["xl"], tmp_path / "m", break_weights=True)
+    (f / "text_encoder_2" / "config.json").unlink()
+    with pytest.raises(DSDInputError, match=r"text_encoder_2/config.json is missing or not JSON"): load_pipeline(str(f))
