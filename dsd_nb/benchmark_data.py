@@ -633,6 +633,9 @@ def load_benchmark(name:str, # a key of `BENCHMARKS`
     "Load a benchmark by name; an unknown name lists the known ones."
     if name not in BENCHMARKS: raise DSDInputError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHMARKS)}")
     b = BENCHMARKS[name]
+    if images is not None and not Path(images).expanduser().is_dir():  # a mistyped --images would count every image missing
+        what = "is a file, not a folder" if Path(images).expanduser().exists() else "does not exist"
+        raise DSDInputError(f"the images folder '{images}' {what}: pass the folder that holds the benchmark's images")
     if data is None and name != "scene":
         if b.hub is None: raise DSDInputError(f"{name} needs its data: the path of its files (see BENCHMARKS['{name}'].loader)")
         data = b.hub

@@ -258,10 +258,13 @@ def check_examples(examples:list, skip_missing:bool=False)->tuple: # (examples t
         raise DSDInputError("every example needs its own id (a benchmark run seeds and resumes by it)")
     gone = {e.id: [str(im) for im in e.images if isinstance(im, ImageRef) and not im.exists()] for e in examples}
     gone = {k: v for k, v in gone.items() if v}
+    first = list(dict.fromkeys(p for v in gone.values() for p in v))[:3]
     if gone and not skip_missing:
-        first = [p for v in gone.values() for p in v][:3]
         raise DSDInputError(f"{len(gone)} of {len(examples)} examples have missing images (first: {', '.join(first)}): "
                             "check --images, or pass --skip_missing to score the rest")
+    if len(gone) == len(examples):
+        raise DSDInputError(f"all {len(examples)} examples have missing images (first: {', '.join(first)}), so there is nothing "
+                            "to score: check --images")
     return [e for e in examples if e.id not in gone], sorted(gone)
 
 # %% ../nbs/14_benchmarks.ipynb #e2952956
@@ -308,8 +311,8 @@ def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is rep
     check(batch, "batch", lo=1); check_seed(seed)
     if prune is not None:
         first, keep = prune
-        check(first, "prune", lo=1, hi=len(scorer.timesteps) - 1, msg=f"first timesteps from 1 to {len(scorer.timesteps) - 1}")
-        check(keep, "prune", lo=1, msg="keep at least 1 candidate")
+        check(first, "prune", lo=1, hi=len(scorer.timesteps) - 1, msg=f"FIRST,KEEP with FIRST (the timesteps every candidate gets) from 1 to {len(scorer.timesteps) - 1}")
+        check(keep, "prune", lo=1, msg="FIRST,KEEP with KEEP (the candidates kept) at least 1")
         if keep < 5 and BENCHMARKS.get(benchmark) is not None and BENCHMARKS[benchmark].metric.startswith("recall"):
             raise DSDInputError(f"prune keeps {keep} candidates, fewer than the 5 that R@5 ranks: keep at least 5")
     examples, skipped = check_examples(examples, skip_missing)

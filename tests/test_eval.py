@@ -120,3 +120,19 @@ def test_two_processes_give_the_one_process_results(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     _same_results(tmp_path / "one", tmp_path / "two")
     assert two.stdout.count("**comvg**") == 1   # the main process alone prints
+
+
+def test_wrong_images_folder_is_named(tmp_path):
+    "A mistyped --images is named as such (not as every image missing); all images missing is an error even with --skip_missing."
+    paths = write_sample("comvg", tmp_path / "data", n=2)
+    base = ["comvg", "--data", str(paths["data"]), "--steps", "1", "--out", str(tmp_path / "run")]
+    code, _, err = _run(base + ["--images", str(tmp_path / "nope")])
+    assert code == 2 and "the images folder" in err and "does not exist" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = _run(base + ["--images", str(paths["data"])])
+    assert code == 2 and "is a file, not a folder" in err, err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(base + ["--images", str(tmp_path / "empty"), "--skip_missing"])
+    assert code == 2 and "so there is nothing to score" in err, err
+    first = err.split("(first: ", 1)[1].split(")", 1)[0].split(", ")
+    assert len(first) == len(set(first))  # each missing file named once
+    assert not (tmp_path / "run").exists()
