@@ -59,6 +59,11 @@ class BenchmarkExamples(list):
         miss = missing_images(self)
         return dict(benchmark=self.name, source=self.source, examples=len(self), subsets=dict(Counter(e.subset for e in self)),
                     images=_n_images(self), missing=len(miss), first_missing=[str(m) for m in miss[:MISSING_SHOWN]])
+    @property
+    def image_folder(self)->str|None:
+        "The folder that holds every image file (their common parent, resolved); None where the images live in a dataset."
+        parents = {str(Path(p).parent) for e in self for im in e.images if (p := _image_path(im)) is not None}
+        return os.path.commonpath(sorted({str(Path(p).resolve()) for p in parents})) if parents else None
     def summary(self)->str:
         "`info` in one line."
         i = self.info
@@ -673,7 +678,8 @@ def _sample_sugarcrepe(tmp:Path, n, seed, size, rng)->dict:
         (tmp / "data").mkdir(exist_ok=True); (tmp / "data" / f"{name}.json").write_text(json.dumps(recs, indent=1))
         caps = [[r["caption"], r["negative_caption"]] for r in recs.values()]
         names = sorted({c for p in caps for c in p})
-        _save_hf(dict(image=[render(s, size) for s, _ in scenes], tested_labels=caps, true_label=[names.index(p[0]) for p in caps]),
+        jpgs = [dict(bytes=(tmp / "val2017" / f).read_bytes(), path=None) for f in files]  # the mirror holds the same JPEG files
+        _save_hf(dict(image=jpgs, tested_labels=caps, true_label=[names.index(p[0]) for p in caps]),
                  dict(image=ds.Image(), tested_labels=ds.Sequence(ds.Value("string")), true_label=ds.ClassLabel(names=names)),
                  tmp / "hf" / f"SugarCrepe_{name}")
     return dict(data="data", images="val2017", mirror="hf")
@@ -709,7 +715,7 @@ def _sample_aro_vg(name:str, tmp:Path, n, seed, size, rng)->dict:
         rec = dict(image_path=_jpg(canvas, tmp / "images" / f"{2316849 + i}.jpg"), bbox_x=16, bbox_y=8, bbox_w=size, bbox_h=size,
                    true_caption=c.text(), false_caption=false)
         rec.update(relation_name=c.relation) if name == "aro_relation" else rec.update(attributes=[c.subject.colour, c.object.colour])
-        recs.append(rec); full.append(canvas)
+        recs.append(rec); full.append(dict(bytes=(tmp / "images" / rec["image_path"]).read_bytes(), path=None))  # the same JPEG
         if len(recs) == n: break
     (tmp / ARO_FILES[name]).write_text(json.dumps(recs, indent=1))
     extra = "relation_name" if name == "aro_relation" else "attributes"
@@ -805,6 +811,7 @@ def write_sample(name:str, # a key of `BENCHMARKS` with files ("scene" needs non
                  n:int=4, # records (scenes) per file
                  seed:int=0, size:int=64, overwrite:bool=False)->dict: # data (and images, mirror or files): paths to load
     "Write a small copy of a benchmark's published layout from the scene world; returns the paths its loader takes."
+    if name == "scene": raise DSDInputError("the scene world has no files to copy: load_benchmark('scene') (or dsd-eval scene) draws it")
     if name not in _SAMPLES: raise DSDInputError(f"no sample layout for {name!r}; layouts: {', '.join(_SAMPLES)}")
     folder = Path(folder).expanduser()
     if folder.exists() and not overwrite: raise DSDInputError(f"'{folder}' exists: pass overwrite=True to replace it")

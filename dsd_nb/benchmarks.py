@@ -22,8 +22,8 @@ from .benchmark_data import BENCHMARKS, VG_RELATION_SYMMETRIC, VG_ATTRIBUTION_MI
 __all__ = ['TIE_RTOL', 'Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'EVAL_WRITES', 'example_seed', 'grid_blocks', 'score_matrices',
            'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_record', 'outcomes',
            'accuracy_rows', 'recall_rows', 'macro_rows', 'winoground_rows', 'benchmark_metrics', 'metrics_markdown',
-           'prune_matrices', 'unet_rows', 'read_records', 'check_examples', 'score_into', 'evaluate_benchmark',
-           'plot_metrics', 'save_metrics']
+           'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records', 'check_examples', 'score_into',
+           'check_prune', 'evaluate_benchmark', 'plot_metrics', 'save_metrics']
 
 # %% ../nbs/14_benchmarks.ipynb #41578ed7
 def example_seed(seed:int, # the run's seed
@@ -192,8 +192,16 @@ def metrics_markdown(t:pd.DataFrame)->str:
     return f"**{t.benchmark.iloc[0]}**\n\n" + "\n".join(lines) + "".join(f"\n\n{n}" for n in notes) + "\n"
 
 # %% ../nbs/14_benchmarks.ipynb #064f30d2
-def _sub_block(b, keep:list|None, ks:slice, t2i:bool):
-    "Block `b` on timesteps `ks`, with only the candidates `keep` (images for t2i, captions for i2t; None: all)."
+def prune_timesteps(K:int, # the grid's timesteps
+                    first:int # how many every candidate gets (1..K-1)
+                   )->list: # grid indices, ascending
+    """The grid positions every candidate is scored on before pruning: the middle of each of `first` equal strata of the
+    grid, so the first look spans the noise levels the full score averages (Diffusion Classifier's rounds are evenly
+    spaced too). The grid's lowest-noise timesteps alone misjudge candidates: `bench/RESULTS.md`."""
+    return [int((j + 0.5) * K / first) for j in range(first)]
+
+def _sub_block(b, keep:list|None, ks:list, t2i:bool):
+    "Block `b` on grid positions `ks`, with only the candidates `keep` (images for t2i, captions for i2t; None: all)."
     lat = b.latents[:, ks] if b.latents.shape[1] == len(b.timesteps) else b.latents
     kw = dict(latents=lat, timesteps=b.timesteps[ks], noise=b.noise[ks])
     if keep is not None and t2i: kw.update(latents=lat[keep], images=[b.images[i] for i in keep] if b.images is not None else None)
@@ -203,19 +211,22 @@ def _sub_block(b, keep:list|None, ks:slice, t2i:bool):
     return dataclasses.replace(b, **kw)
 
 def prune_matrices(scorer:DSDScorer, examples:list, seed:int=0,
-                   first:int=2, # timesteps every candidate is scored on (the grid's first ones)
+                   first:int=2, # timesteps every candidate is scored on (spread over the grid: `prune_timesteps`)
                    keep:int=3, # candidates kept (by their dsd score on those) and scored on the rest of the grid
                   )->list: # per example, mode -> [N, M] scores; pruned candidates NaN
-    """Adaptive candidate pruning (as Diffusion Classifier, Li et al. 2023): score all candidates on the first timesteps,
-    keep the best `keep`, finish only those. A kept candidate's score is its mean over the whole grid, as unpruned."""
-    K, t0 = len(scorer.timesteps), slice(0, first)
+    """Adaptive candidate pruning (as Diffusion Classifier, Li et al. 2023): score all candidates on `first` timesteps
+    spread over the grid, keep the best `keep`, finish only those on the others. A kept candidate's score is its mean over
+    the whole grid, as unpruned; a pruned one is NaN and ranks last."""
+    K = len(scorer.timesteps)
+    t0 = prune_timesteps(K, first)
+    t_rest = [k for k in range(K) if k not in t0]
     blocks = grid_blocks(scorer, examples, seed)
     with torch.no_grad():
         res1 = scorer.score_blocks([_sub_block(b, None, t0, e.direction == "t2i") for b, e in zip(blocks, examples)])
         m1 = [result_matrices(scorer, r, e) for r, e in zip(res1, examples)]
         kept = [None if e.direction == "group" or e.n_candidates <= keep else
                 m["dsd"].flatten().topk(keep).indices.sort().values.tolist() for m, e in zip(m1, examples)]
-        rest = [_sub_block(b, k, slice(first, K), e.direction == "t2i") for b, k, e in zip(blocks, kept, examples)]
+        rest = [_sub_block(b, k, t_rest, e.direction == "t2i") for b, k, e in zip(blocks, kept, examples)]
         m2 = [result_matrices(scorer, r, e) for r, e in zip(scorer.score_blocks(rest), examples)] if first < K else None
     out = []
     for j, (e, k) in enumerate(zip(examples, kept)):
@@ -296,6 +307,19 @@ def score_into(folder:Path, scorer:DSDScorer, examples:list, seed:int=0, batch:i
 # %% ../nbs/14_benchmarks.ipynb #a5ad0daa
 EVAL_WRITES = ("results/", "metrics.json", "metrics.md", "metrics.png")
 
+def check_prune(prune:tuple|None, # (first, keep) or None
+                n_timesteps:int, # K, the timesteps of the scorer's grid
+                benchmark:str="custom")->tuple|None: # prune, checked
+    """`DSDInputError` unless 1 <= first < K and keep >= 1 (keep >= 5 where the benchmark reports R@5: pruned candidates
+    have no rank). `dsd-eval` calls it before any data or weights load."""
+    if prune is None: return None
+    first, keep = prune
+    check(first, "prune", lo=1, hi=n_timesteps - 1, msg=f"FIRST,KEEP with FIRST (the timesteps every candidate gets) from 1 to {n_timesteps - 1}")
+    check(keep, "prune", lo=1, msg="FIRST,KEEP with KEEP (the candidates kept) at least 1")
+    if keep < 5 and BENCHMARKS.get(benchmark) is not None and BENCHMARKS[benchmark].metric.startswith("recall"):
+        raise DSDInputError(f"prune keeps {keep} candidates, fewer than the 5 that R@5 ranks: keep at least 5")
+    return prune
+
 def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is reported
                        examples:list, # `RankingExample`s with unique ids (a loader's output)
                        benchmark:str="custom", # the benchmark's name: chooses its official metrics (`benchmark_metrics`)
@@ -308,13 +332,7 @@ def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is rep
     """Score a benchmark's examples and compute its official metrics. With `out`, results are kept per batch, a rerun
     resumes, and under `accelerate launch --num_processes N` each process scores every N-th example and the main
     process merges them. Raises `DSDInputError` for an empty benchmark, repeated ids, missing images or other settings."""
-    check(batch, "batch", lo=1); check_seed(seed)
-    if prune is not None:
-        first, keep = prune
-        check(first, "prune", lo=1, hi=len(scorer.timesteps) - 1, msg=f"FIRST,KEEP with FIRST (the timesteps every candidate gets) from 1 to {len(scorer.timesteps) - 1}")
-        check(keep, "prune", lo=1, msg="FIRST,KEEP with KEEP (the candidates kept) at least 1")
-        if keep < 5 and BENCHMARKS.get(benchmark) is not None and BENCHMARKS[benchmark].metric.startswith("recall"):
-            raise DSDInputError(f"prune keeps {keep} candidates, fewer than the 5 that R@5 ranks: keep at least 5")
+    check(batch, "batch", lo=1); check_seed(seed); check_prune(prune, len(scorer.timesteps), benchmark)
     examples, skipped = check_examples(examples, skip_missing)
     state = _shard_state()
     main = state is None or state.is_main_process

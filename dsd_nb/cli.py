@@ -19,7 +19,7 @@ from .runs import has_checkpoint
 from .scene_sd import GROUND, train_scene_sd
 from .prompt_learning import PromptConfig, train_on_dataset
 from .benchmark_data import BENCHMARKS, load_benchmark
-from .benchmarks import evaluate_benchmark, metrics_markdown
+from .benchmarks import evaluate_benchmark, metrics_markdown, check_prune
 
 # %% auto #0
 __all__ = ['MAX_CAPTIONS_BYTES', 'MAX_STDIN_IMAGE_BYTES', 'run_command', 'read_captions_file', 'read_stdin_image',
@@ -349,14 +349,14 @@ def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt
                  json:Param("print the metrics as JSON", store_true)=False):
     "Evaluate a diffusion model on an image-text matching benchmark with its official metrics; resumable and shardable."
     reference_timesteps(steps); check_seed(seed); check(limit, "limit", lo=1, allow_none=True); check(batch, "batch", lo=1)
-    pr = _parse_prune(prune)
+    pr = check_prune(_parse_prune(prune), len(reference_timesteps(steps)), benchmark)
     exs = load_benchmark(benchmark, data, images, subset, limit)
     sys.stderr.write(f"dsd-eval: {exs.summary()}\n")
     pipe = load_pipeline(model, device=device, dtype=dtype)
     lay = _layers(layers)
     scorer = DSDScorer(pipe, mode="dsd", steps=steps, seed=seed, layers=lay, token_mask=token_mask, progress=None)
     where = lambda p: None if p is None else str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else str(p)
-    settings = dict(data=where(data) or str(exs.source), images=where(images), subset=subset, limit=limit, model=model, steps=steps, layers=layers,
+    settings = dict(data=where(data) or str(exs.source), images=exs.image_folder, subset=subset, limit=limit, model=model, steps=steps, layers=layers,
                     token_mask=token_mask, dtype=str(scorer.dtype))
     t = evaluate_benchmark(scorer, exs, benchmark, out or Path("runs", "dsd-eval", benchmark), settings, seed, batch, pr,
                            overwrite=overwrite, skip_missing=skip_missing, progress=sys.stderr.isatty())

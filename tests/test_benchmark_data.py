@@ -4,6 +4,7 @@ import builtins, json, pickle, sys
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import pytest
 
 from dsd_nb.core import DSDInputError
@@ -292,8 +293,12 @@ def test_samples_load_with_every_image(tmp_path, name):
     ex = load_benchmark(name, p["data"], p["images"])
     assert ex.info["missing"] == 0 and len({e.id for e in ex}) == len(ex) >= 2
     assert all(load_image(im).size[0] >= 8 for im in ex[0].images)
-    for other in ("mirror", "files"):
-        if other in p: assert [e.captions for e in load_benchmark(name, p[other])] == [e.captions for e in ex]
+    for other in ("mirror", "files"):  # the other copy holds the same captions and the same pixels (the same image files)
+        if other not in p: continue
+        ex2 = load_benchmark(name, p[other])
+        assert [e.captions for e in ex2] == [e.captions for e in ex]
+        for a, b in zip(ex[:2], ex2[:2]):
+            assert [np.asarray(load_image(i)).tolist() for i in a.images] == [np.asarray(load_image(i)).tolist() for i in b.images]
     with pytest.raises(DSDInputError, match="exists"): write_sample(name, tmp_path / name)
 
 

@@ -71,6 +71,25 @@ def test_bad_data_one_line_errors(tmp_path):
     assert code == 2 and "R@5" in err
 
 
+
+@pytest.mark.parametrize("prune, says", [("10,3", "FIRST .* from 1 to 9"), ("2,0", "KEEP .* at least 1"), ("2,3", "R@5"), ("x", "FIRST,KEEP")])
+def test_prune_checked_before_the_data_loads(tmp_path, prune, says):
+    "A wrong --prune is named before anything loads: here the data does not even exist, and that is not what is said."
+    code, _, err = _run(["vqa", "--data", str(tmp_path / "nope.csv"), "--prune", prune])
+    assert code == 2 and "--prune" in err and "nope.csv" not in err
+    assert __import__("re").search(says, err), err
+
+
+def test_default_images_spelled_out_resumes(tmp_path):
+    "The images folder a run used is recorded, not how it was given: naming the default folder resumes the same run."
+    paths = write_sample("comvg", tmp_path / "data", n=2)
+    run = ["--steps", "1", "--limit", "1", "--out", str(tmp_path / "run")]
+    code, _, err = _run(["comvg", "--data", str(paths["data"])] + run)
+    assert code == 0, err
+    code, _, err = _run(_args("comvg", paths) + run)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["images"] == str(Path(paths["images"]).resolve())
+
 def _records(folder):
     recs = {}
     for p in sorted((folder / "results").glob("part-*.jsonl")):
