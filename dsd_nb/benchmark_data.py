@@ -136,7 +136,13 @@ def _quiet_datasets():
 
 # %% ../nbs/08a_benchmark_data.ipynb #9d9d7d93
 def _local_dataset(p:Path, split:str):
-    with _quiet_datasets() as ds: return _read_local(ds, p, split)
+    with _quiet_datasets() as ds:
+        try: return _read_local(ds, p, split)
+        except DSDInputError: raise
+        except Exception as e:  # pyarrow's ArrowInvalid, a damaged save_to_disk folder, ...
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DSDInputError(f"'{p}' could not be read as a dataset ({why}): a half-downloaded file, or a Git LFS pointer "
+                                "instead of the file (git lfs pull), gives this") from None
 
 def _read_local(ds, p:Path, split:str):
     if p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
@@ -467,7 +473,11 @@ def read_plain_pickle(path, what:str="pickle"):
     p = _existing(path, what)
     try:
         with open(p, "rb") as f: return _PlainUnpickler(f, encoding="utf-8").load()
-    except pickle.UnpicklingError as e: raise DSDInputError(f"{what} '{p}' was refused: {e}") from None
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("it names"): raise DSDInputError(f"{what} '{p}' was refused: {e}") from None
+        raise DSDInputError(f"{what} '{p}' is not a pickle file ({e})") from None
+    except (EOFError, ValueError, IndexError, KeyError) as e:  # truncated or not a pickle
+        raise DSDInputError(f"{what} '{p}' is not a complete pickle file ({type(e).__name__}: {e})") from None
     except (EOFError, ValueError, TypeError, UnicodeDecodeError, IndexError, KeyError, IsADirectoryError) as e:
         raise DSDInputError(f"{what} '{p}' is not a readable pickle: {type(e).__name__}: {e}") from None
 
@@ -544,8 +554,9 @@ def load_clevr(data, # the clevr folder (with captions/), the captions folder, o
     "CLEVR (diffusion-itm): image to text, 1 x 2 per caption pair; id `clevr/<subtask>/<image>/<pair>`, subset the subtask."
     p = _existing(data, "CLEVR data")
     caps = p if p.suffix == ".json" or not (p / "captions").is_dir() else p / "captions"
-    files = [caps] if caps.suffix == ".json" else sorted(caps.glob("*.json"))
-    if not files: raise DSDInputError(f"no CLEVR captions files (*.json) in '{caps}'")
+    files = [caps] if caps.suffix == ".json" else [caps / f"{t}.json" for t in CLEVR_SUBTASKS if (caps / f"{t}.json").is_file()]
+    if not files:  # a folder's other JSON files (CLEVR_scenes.json, questions) are not caption pairs
+        raise DSDInputError(f"no CLEVR subtask files in '{caps}': expected {', '.join(t + '.json' for t in CLEVR_SUBTASKS)}")
     base = caps.parent.parent if caps.suffix == ".json" else caps.parent
     imgs = _images_dir(images, base, "images")
     return _finish("clevr", data, [e for f in files for e in _clevr_file(f, imgs)], subset, limit)

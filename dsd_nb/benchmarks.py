@@ -19,11 +19,12 @@ from .runs import RunFolder
 from .benchmark_data import BENCHMARKS, VG_RELATION_SYMMETRIC, VG_ATTRIBUTION_MIN_COUNT
 
 # %% auto #0
-__all__ = ['TIE_RTOL', 'Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'EVAL_WRITES', 'example_seed', 'grid_blocks', 'score_matrices',
-           'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_record', 'outcomes',
-           'accuracy_rows', 'recall_rows', 'macro_rows', 'winoground_rows', 'benchmark_metrics', 'metrics_markdown',
-           'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records', 'check_examples', 'score_into',
-           'check_prune', 'evaluate_benchmark', 'plot_metrics', 'save_metrics']
+__all__ = ['TIE_RTOL', 'Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'ARGMAX_BENCHMARKS', 'EVAL_WRITES', 'example_seed', 'grid_blocks',
+           'score_matrices', 'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_record',
+           'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'winoground_rows', 'benchmark_metrics',
+           'metrics_markdown', 'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records', 'check_examples',
+           'shard_state', 'score_into', 'check_prune', 'evaluate_benchmark', 'plot_metrics', 'metrics_json',
+           'save_metrics']
 
 # %% ../nbs/14_benchmarks.ipynb #41578ed7
 def example_seed(seed:int, # the run's seed
@@ -159,7 +160,8 @@ def winoground_rows(df:pd.DataFrame)->list:
 # %% ../nbs/14_benchmarks.ipynb #8894d4e0
 MACRO_KEEP = {"aro_relation": lambda g, n: g not in VG_RELATION_SYMMETRIC, # which groups a macro accuracy averages
               "aro_attribution": lambda g, n: n >= VG_ATTRIBUTION_MIN_COUNT}
-ARGMAX_NOTE = "ties fail here; the reference's argmax counts a tie for the first candidate, the positive"
+ARGMAX_NOTE = "ties fail here; the published protocol's argmax counts a tie for the first candidate, the positive"
+ARGMAX_BENCHMARKS = ("vqa", "refcocog", "aro_coco_order", "aro_flickr_order") # whose published code takes an argmax, positive first
 
 def benchmark_metrics(name:str, # the benchmark (`BENCHMARKS`), or any other name for the generic metrics
                       records:list, # result records (`example_record`), one per example
@@ -176,7 +178,9 @@ def benchmark_metrics(name:str, # the benchmark (`BENCHMARKS`), or any other nam
     t = pd.DataFrame(rows)
     t.insert(0, "benchmark", name)
     t["tie_rate"] = t.ties / t.n.clip(lower=1)
-    t["note"] = ARGMAX_NOTE if name in ("vqa", "refcocog") else ""
+    t["note"] = ARGMAX_NOTE if name in ARGMAX_BENCHMARKS else ""
+    empty = f"no attribute pair has at least {VG_ATTRIBUTION_MIN_COUNT} examples" if name == "aro_attribution" else "no examples"
+    for i in t.index[t.n == 0]: t.loc[i, "note"] = f"{t.metric[i]}: {empty}, so it has no value"
     t.attrs["skipped"] = skipped
     return t
 
@@ -279,8 +283,9 @@ def check_examples(examples:list, skip_missing:bool=False)->tuple: # (examples t
     return [e for e in examples if e.id not in gone], sorted(gone)
 
 # %% ../nbs/14_benchmarks.ipynb #e2952956
-def _shard_state():
-    "accelerate's process state when launched with several processes (`accelerate launch`), else None."
+def shard_state():
+    """accelerate's process state when launched with several processes (`accelerate launch`), else None. Made before any
+    weights load, it gives each process its own GPU (`state.device`)."""
     import os
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return None
     from accelerate import PartialState
@@ -314,6 +319,7 @@ def check_prune(prune:tuple|None, # (first, keep) or None
     have no rank). `dsd-eval` calls it before any data or weights load."""
     if prune is None: return None
     first, keep = prune
+    if n_timesteps < 2: raise DSDInputError(f"prune needs a grid of at least 2 timesteps (steps 2 or more); this one has {n_timesteps}")
     check(first, "prune", lo=1, hi=n_timesteps - 1, msg=f"FIRST,KEEP with FIRST (the timesteps every candidate gets) from 1 to {n_timesteps - 1}")
     check(keep, "prune", lo=1, msg="FIRST,KEEP with KEEP (the candidates kept) at least 1")
     if keep < 5 and BENCHMARKS.get(benchmark) is not None and BENCHMARKS[benchmark].metric.startswith("recall"):
@@ -334,7 +340,7 @@ def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is rep
     process merges them. Raises `DSDInputError` for an empty benchmark, repeated ids, missing images or other settings."""
     check(batch, "batch", lo=1); check_seed(seed); check_prune(prune, len(scorer.timesteps), benchmark)
     examples, skipped = check_examples(examples, skip_missing)
-    state = _shard_state()
+    state = shard_state()
     main = state is None or state.is_main_process
     rank, world = (0, 1) if state is None else (state.process_index, state.num_processes)
     if out is None:
@@ -374,11 +380,16 @@ def plot_metrics(t:pd.DataFrame, ax=None):
     ax.tick_params(axis="x", rotation=30)
     return ax
 
+def metrics_json(t:pd.DataFrame)->str:
+    "The metrics table as strict JSON (`skipped` and one object per row; a missing value is null, never NaN)."
+    rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in t.to_dict("records")]
+    return json.dumps(dict(skipped=int(t.attrs.get("skipped", 0)), metrics=rows), indent=1, allow_nan=False)
+
 def save_metrics(t:pd.DataFrame, out)->None:
-    "Write metrics.json (the table's rows), metrics.md and metrics.png into run folder `out`, each atomically."
+    "Write metrics.json (`metrics_json`), metrics.md and metrics.png into run folder `out`, each atomically."
     import io, matplotlib.pyplot as plt
     out = Path(out)
-    write_atomic(out / "metrics.json", json.dumps(dict(skipped=t.attrs.get("skipped", 0), metrics=t.to_dict("records")), indent=1))
+    write_atomic(out / "metrics.json", metrics_json(t))
     write_atomic(out / "metrics.md", metrics_markdown(t))
     ax = plot_metrics(t); buf = io.BytesIO()
     ax.figure.savefig(buf, format="png", dpi=100, bbox_inches="tight"); plt.close(ax.figure)

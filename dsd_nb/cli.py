@@ -19,7 +19,7 @@ from .runs import has_checkpoint
 from .scene_sd import GROUND, train_scene_sd
 from .prompt_learning import PromptConfig, train_on_dataset
 from .benchmark_data import BENCHMARKS, load_benchmark
-from .benchmarks import evaluate_benchmark, metrics_markdown, check_prune
+from .benchmarks import evaluate_benchmark, metrics_markdown, metrics_json, check_prune, check_examples, shard_state
 
 # %% auto #0
 __all__ = ['MAX_CAPTIONS_BYTES', 'MAX_STDIN_IMAGE_BYTES', 'run_command', 'read_captions_file', 'read_stdin_image',
@@ -352,6 +352,9 @@ def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt
     pr = check_prune(_parse_prune(prune), len(reference_timesteps(steps)), benchmark)
     exs = load_benchmark(benchmark, data, images, subset, limit)
     sys.stderr.write(f"dsd-eval: {exs.summary()}\n")
+    check_examples(exs, skip_missing)  # missing images refused before any weights load
+    state = shard_state()  # under accelerate launch: each process its own GPU, set before the weights load
+    if state is not None and device in ("auto", "cuda"): device = str(state.device)
     pipe = load_pipeline(model, device=device, dtype=dtype)
     lay = _layers(layers)
     scorer = DSDScorer(pipe, mode="dsd", steps=steps, seed=seed, layers=lay, token_mask=token_mask, progress=None)
@@ -362,7 +365,7 @@ def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt
                            overwrite=overwrite, skip_missing=skip_missing, progress=sys.stderr.isatty())
     if t is None: return None  # not the main process: it merges and prints
     if mode: t = t[t["mode"] == mode]
-    return _json.dumps(t.to_dict("records"), indent=1) if json else metrics_markdown(t).rstrip()
+    return metrics_json(t) if json else metrics_markdown(t).rstrip()
 
 def dsd_eval(argv:list|None=None)->int: # exit status: 0, 2 (bad arguments or data), 130 (interrupted: rerun to resume)
     "Console entry point of `dsd-eval`."

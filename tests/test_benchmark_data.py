@@ -222,7 +222,11 @@ def test_hostile_pickle_is_refused_unrun(tmp_path):
     (tmp_path / "g.p").write_bytes(pickle.dumps(os.system, protocol=0))  # a bare global: refused too
     with pytest.raises(DSDInputError, match="was refused: it names"): read_plain_pickle(tmp_path / "g.p")
     (tmp_path / "t.p").write_bytes(b"not a pickle")
-    with pytest.raises(DSDInputError, match="not a readable pickle|was refused"): read_plain_pickle(tmp_path / "t.p")
+    with pytest.raises(DSDInputError, match=r"t\.p' is not a pickle file"): read_plain_pickle(tmp_path / "t.p")
+    (tmp_path / "c.p").write_text("ref_id,sent\n1,a man\n")  # a CSV given as the refs file
+    with pytest.raises(DSDInputError, match=r"c\.p' is not a pickle file"): read_plain_pickle(tmp_path / "c.p")
+    (tmp_path / "cut.p").write_bytes(pickle.dumps([{"ref_id": 1}], protocol=2)[:-3])  # cut short
+    with pytest.raises(DSDInputError, match=r"cut\.p' is not a (complete )?pickle file"): read_plain_pickle(tmp_path / "cut.p")
 
 
 def test_clevr_published_record_and_bad_pairs(tmp_path):
@@ -233,6 +237,12 @@ def test_clevr_published_record_and_bad_pairs(tmp_path):
     assert ex[0].captions == ["On the right is a gray cylinder.", "On the left is a gray cylinder."] and ex[0].subset == "spatial"
     assert [e.id for e in load_clevr(tmp_path / "captions" / "spatial.json")] == [e.id for e in ex]
     assert Path(ex[0].images[0].path) == tmp_path / "images" / "CLEVR_val2_000138.png"
+    # the published captions/ folder holds other JSON files too (CLEVR_scenes.json, questions): only the 7 subtasks are read
+    (tmp_path / "captions" / "CLEVR_scenes.json").write_text(json.dumps({"scenes": [{"objects": []}]}))
+    (tmp_path / "captions" / "CLEVR_questions.json").write_text(json.dumps({"CLEVR_x.png": [["a question?", "another?"]]}))
+    assert [e.id for e in load_clevr(tmp_path)] == [e.id for e in ex]
+    (tmp_path / "only").mkdir(); (tmp_path / "only" / "CLEVR_scenes.json").write_text("{}")
+    with pytest.raises(DSDInputError, match="no CLEVR subtask files .* expected pair_binding_size.json"): load_clevr(tmp_path / "only")
     (tmp_path / "captions" / "recognition_color.json").write_text(json.dumps({"CLEVR_x.png": [["only one"]]}))
     with pytest.raises(DSDInputError, match=r"recognition_color\.json: record 'CLEVR_x\.png' pair 0"): load_clevr(tmp_path)
 
@@ -324,3 +334,12 @@ def test_missing_images_are_counted_once_and_named(tmp_path):
     info = ex.info
     assert info["missing"] == 2 and set(info["first_missing"]) == {str(g) for g in gone}
     assert f"2 of {info['images']} images missing" in ex.summary()
+
+
+def test_broken_parquet_or_lfs_pointer_is_one_line(tmp_path):
+    pytest.importorskip("datasets")
+    (tmp_path / "data.parquet").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+    with pytest.raises(DSDInputError, match=r"data\.parquet' could not be read as a dataset .*Git LFS pointer"):
+        hf_dataset(tmp_path / "data.parquet")
+    with pytest.raises(DSDInputError, match="could not be read as a dataset"):
+        load_benchmark("aro_coco_order", tmp_path)
