@@ -14,12 +14,12 @@ from .core import DSDInputError, check, check_seed, draw_noise, MAX_SEED
 from .plumbing import write_atomic
 from .inputs import ImageRef
 from .scoring import DSDScorer, MODES
-from .evaluate import RankingExample, example_blocks, result_matrices
+from .evaluate import RankingExample, example_blocks, result_matrices, TIE_RTOL, tie_tolerance
 from .runs import RunFolder
 from .benchmark_data import BENCHMARKS, VG_RELATION_SYMMETRIC, VG_ATTRIBUTION_MIN_COUNT
 
 # %% auto #0
-__all__ = ['TIE_RTOL', 'Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'ARGMAX_BENCHMARKS', 'EVAL_WRITES', 'example_seed', 'grid_blocks',
+__all__ = ['Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'ARGMAX_BENCHMARKS', 'EVAL_WRITES', 'example_seed', 'grid_blocks',
            'score_matrices', 'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_record',
            'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'winoground_rows', 'benchmark_metrics',
            'metrics_markdown', 'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records', 'check_examples',
@@ -51,24 +51,18 @@ def score_matrices(scorer:DSDScorer, # a clean dsd scorer (mode "dsd", no refere
     return [result_matrices(scorer, r, e) for r, e in zip(res, examples)]
 
 # %% ../nbs/14_benchmarks.ipynb #6010f496
-TIE_RTOL = 1e-5 # scores closer than this times the example's largest |score| are a tie (counted as a failure)
-
-def _tol(S:torch.Tensor, rtol:float)->float:
-    finite = S[torch.isfinite(S)]
-    return rtol * max(1.0, float(finite.abs().max())) if finite.numel() else 0.0
-
 def ranking_outcome(S:torch.Tensor, # [1, C] (i2t) or [C, 1] (t2i) scores, positive first; pruned candidates NaN
                     rtol:float=TIE_RTOL)->dict: # margin, correct, tie, rank (1-based; a tie ranks below)
     "The positive's margin over the best negative, strict correctness, a tie within tolerance, and its rank."
     s = S.flatten().nan_to_num(nan=-math.inf)
-    tol, pos, neg = _tol(S, rtol), s[0], s[1:]
+    tol, pos, neg = tie_tolerance(S, rtol), s[0], s[1:]
     margin = float(pos - neg.max())
     return dict(margin=margin, correct=margin > tol, tie=abs(margin) <= tol, rank=1 + int((neg >= pos - tol).sum()))
 
 def winoground_outcome(S:torch.Tensor, # [2 images, 2 captions]: S[i, c] = s(caption c, image i)
                        rtol:float=TIE_RTOL)->dict: # text, image, both (= group; bool), tie
     "Winoground's text score (each image prefers its caption), image score (each caption its image), and group (both)."
-    tol = _tol(S, rtol)
+    tol = tie_tolerance(S, rtol)
     gt = lambda a, b: bool(a - b > tol)
     text = gt(S[0, 0], S[0, 1]) and gt(S[1, 1], S[1, 0])
     image = gt(S[0, 0], S[1, 0]) and gt(S[1, 1], S[0, 1])

@@ -14,8 +14,9 @@ from .scoring import DSDScorer, ScoreResult, Block, MODES, timestep_scores
 from .scenes import NEG_KINDS, sample_examples, negative, negative_scene, render, split_allowed
 
 # %% auto #0
-__all__ = ['RankingExample', 'scene_ranking_examples', 'example_generator', 'fill_cache', 'example_blocks', 'example_scores',
-           'mode_scores', 'result_matrices', 'evaluate_examples', 'ranking_summary', 'scene_matching', 'accuracy_table']
+__all__ = ['TIE_RTOL', 'RankingExample', 'scene_ranking_examples', 'example_generator', 'fill_cache', 'example_blocks',
+           'example_scores', 'mode_scores', 'result_matrices', 'tie_tolerance', 'evaluate_examples', 'ranking_summary',
+           'scene_matching', 'accuracy_table']
 
 # %% ../nbs/08_evaluate.ipynb #0d613bc6
 @dataclass
@@ -130,6 +131,15 @@ def result_matrices(scorer:DSDScorer, res:ScoreResult, e:RankingExample, modes:t
             for m in modes}
 
 # %% ../nbs/08_evaluate.ipynb #401a09f4
+TIE_RTOL = 1e-5 # scores closer than this times the example's largest |score| (at least 1) are a tie, counted as a failure
+
+def tie_tolerance(S:torch.Tensor, # one example's scores in one mode (any shape); NaN (a pruned candidate) and inf ignored
+                  rtol:float=TIE_RTOL)->float: # the margin at or below which two scores are a tie
+    """`rtol` times the example's largest finite |score|, and never below `rtol`: scores of identical inputs in different
+    batch rows differ by an ulp, so a strict `>` alone would count a pure tie as a win or a loss by where it lands."""
+    finite = S[torch.isfinite(S)]
+    return rtol * max(1.0, float(finite.abs().max())) if finite.numel() else 0.0
+
 def evaluate_examples(scorer:DSDScorer, examples:list, # `RankingExample`s
                       draws:int|None=None, # None: the scorer's fixed grid (the protocol); else random draws per example
                       seed:int=0, # seeds the draws (example i uses `example_generator(seed, -1, i)`)
@@ -147,10 +157,11 @@ def evaluate_examples(scorer:DSDScorer, examples:list, # `RankingExample`s
             gens = None if draws is None else [example_generator(seed, -1, i + j) for j in range(len(ex))]
             for j, (e, r) in enumerate(zip(ex, scorer.score_blocks(example_blocks(scorer, ex, draws, gens)))):
                 for mode, S in result_matrices(scorer, r, e, modes).items():
-                    s = S.flatten()  # [C]: the image's row (i2t) or the caption's column (t2i), positive first
+                    s, tol = S.flatten(), tie_tolerance(S)  # [C]: the image's row (i2t) or the caption's column (t2i), positive first
                     for n, k in enumerate(e.kinds or ("negative",) * (len(s) - 1)):
                         m = (s[0] - s[n + 1]).item()
-                        rows.append(dict(example=i + j, direction=e.direction, kind=k, mode=mode, correct=m > 0, tie=m == 0, margin=m))
+                        rows.append(dict(example=i + j, direction=e.direction, kind=k, mode=mode, correct=m > tol, tie=abs(m) <= tol,
+                                         margin=m))
     return pd.DataFrame(rows, columns=["example", "direction", "kind", "mode", "correct", "tie", "margin"])
 
 def ranking_summary(df:pd.DataFrame, # rows of `evaluate_examples` for one mode
