@@ -638,7 +638,7 @@ BENCHMARKS = {b.name: b for b in [
               "R@1 and R@5", "recall@1,5"),
     Benchmark("clevr", load_clevr, "CLEVR (diffusion-itm's 7 subtasks): image to text, 1 x 2; accuracy per subtask", "accuracy"),
     Benchmark("scene", load_scene, "the built-in scene world: 1 image x captions and 1 caption x images, one hard negative of each "
-              "kind that applies (up to 5); accuracy per kind", "accuracy"),
+              "kind that applies (up to 5); accuracy per direction, pairwise accuracy per kind", "accuracy"),
     Benchmark("jsonl", load_jsonl, "your own data, one JSON object a line: rankings (true first or at 'true') or groups ('truth'); "
               "accuracy", "accuracy")]}
 

@@ -21,10 +21,10 @@ from .benchmark_data import BENCHMARKS, VG_RELATION_SYMMETRIC, VG_ATTRIBUTION_MI
 # %% auto #0
 __all__ = ['Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'ARGMAX_BENCHMARKS', 'EVAL_WRITES', 'example_seed', 'grid_blocks',
            'score_matrices', 'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_record',
-           'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'winoground_rows', 'benchmark_metrics',
-           'metrics_markdown', 'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records', 'check_examples',
-           'shard_state', 'score_into', 'check_prune', 'evaluate_benchmark', 'plot_metrics', 'metrics_json',
-           'save_metrics']
+           'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'kind_rows', 'winoground_rows',
+           'benchmark_metrics', 'metrics_markdown', 'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records',
+           'check_examples', 'shard_state', 'score_into', 'check_prune', 'evaluate_benchmark', 'plot_metrics',
+           'metrics_json', 'save_metrics']
 
 # %% ../nbs/14_benchmarks.ipynb #41578ed7
 def example_seed(seed:int, # the run's seed
@@ -90,8 +90,9 @@ def bootstrap(values:np.ndarray, # per-example values [E, ...] (e.g. booleans)
 
 # %% ../nbs/14_benchmarks.ipynb #c46d60a0
 def example_record(e:RankingExample, mats:dict)->dict:
-    "What a run folder keeps of one scored example: its id, subset, group, direction and each mode's score matrix."
-    return dict(id=e.id, subset=e.subset, group=e.group, direction=e.direction, scores={m: S.tolist() for m, S in mats.items()})
+    "What a run folder keeps of one scored example: id, subset, group, direction, its negatives' kinds (if any), each mode's matrix."
+    kinds = {} if e.kinds is None else dict(kinds=list(e.kinds))
+    return dict(id=e.id, subset=e.subset, group=e.group, direction=e.direction, **kinds, scores={m: S.tolist() for m, S in mats.items()})
 
 def outcomes(records:list, # result records (see `example_record`): id, subset, group, direction, scores (mode -> matrix)
              rtol:float=TIE_RTOL)->pd.DataFrame: # one row per example and mode
@@ -140,6 +141,21 @@ def macro_rows(df:pd.DataFrame, keep=lambda group, n: True, metric:str="macro_ac
         out.append(_row(metric, "all", mode, value, bootstrap(correct, macro), len(d), d.tie.sum(), "bootstrap"))
     return out
 
+def kind_rows(records:list, rtol:float=TIE_RTOL)->list:
+    """Pairwise accuracy per direction and hard-negative kind (the positive strictly above that negative), with Wilson
+    intervals: the scene world's per-kind view, from records that carry `kinds`."""
+    rows = []
+    for r in records:
+        if not r.get("kinds"): continue
+        for mode, S in r["scores"].items():
+            S = torch.tensor(S, dtype=torch.float64); s, tol = S.flatten(), tie_tolerance(S, rtol)
+            rows += [dict(subset=f"{r['direction']} {k}", mode=mode, correct=bool(s[0] - s[n + 1] > tol), tie=bool(abs(s[0] - s[n + 1]) <= tol))
+                     for n, k in enumerate(r["kinds"])]
+    out = []
+    for (mode, sub), g in pd.DataFrame(rows, columns=["subset", "mode", "correct", "tie"]).groupby(["mode", "subset"], sort=False):
+        out.append(_row("pairwise_accuracy", sub, mode, g.correct.mean(), wilson(int(g.correct.sum()), len(g)), len(g), g.tie.sum(), "wilson"))
+    return out
+
 def winoground_rows(df:pd.DataFrame)->list:
     "Winoground's text, image and group scores, over all and per tag (`subset`), with Wilson intervals."
     out = []
@@ -169,6 +185,7 @@ def benchmark_metrics(name:str, # the benchmark (`BENCHMARKS`), or any other nam
     elif metric.startswith("recall"): rows = recall_rows(df)
     else: rows = accuracy_rows(df, "precision@1" if metric == "precision@1" else "accuracy")
     if metric == "macro_accuracy": rows += macro_rows(df, MACRO_KEEP.get(name, lambda g, n: True))
+    if name == "scene": rows += kind_rows(records, rtol)
     t = pd.DataFrame(rows)
     t.insert(0, "benchmark", name)
     t["tie_rate"] = t.ties / t.n.clip(lower=1)

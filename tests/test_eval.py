@@ -102,6 +102,18 @@ def test_missing_images_refused_before_the_model_loads(tmp_path):
     code, _, err = _run(_args("comvg", paths) + ["--model", str(tmp_path / "no_such_model")])
     assert code == 2 and "missing images" in err and "no_such_model" not in err
 
+
+def test_scene_world_per_kind(tmp_path):
+    "The built-in scene world needs no files; beside accuracy per direction it reports pairwise accuracy per hard-negative kind."
+    code, out, err = _run(["scene", "--limit", "3", "--steps", "1", "--out", str(tmp_path / "run"), "--json"])
+    assert code == 0, err
+    rows = json.loads(out)["metrics"]
+    kinds = [r for r in rows if r["metric"] == "pairwise_accuracy" and r["mode"] == "dsd"]
+    assert {r["subset"].split()[0] for r in kinds} == {"i2t", "t2i"} and len(kinds) >= 6
+    assert all(0 <= r["value"] <= 1 and r["low"] <= r["value"] <= r["high"] for r in kinds)
+    n_acc = {r["n"] for r in rows if r["metric"] == "accuracy" and r["subset"] == "all"}
+    assert n_acc == {3}   # --limit counts examples (a scene gives one per direction)
+
 def _records(folder):
     recs = {}
     for p in sorted((folder / "results").glob("part-*.jsonl")):
