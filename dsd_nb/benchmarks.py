@@ -52,12 +52,15 @@ def score_matrices(scorer:DSDScorer, # a clean dsd scorer (mode "dsd", no refere
 
 # %% ../nbs/14_benchmarks.ipynb #6010f496
 def ranking_outcome(S:torch.Tensor, # [1, C] (i2t) or [C, 1] (t2i) scores, positive first; pruned candidates NaN
-                    rtol:float=TIE_RTOL)->dict: # margin, correct, tie, rank (1-based; a tie ranks below)
-    "The positive's margin over the best negative, strict correctness, a tie within tolerance, and its rank."
+                    rtol:float=TIE_RTOL)->dict: # margin, correct, tie, rank (1-based; a tie ranks below), ranked (R@k defined up to)
+    """The positive's margin over the best negative, strict correctness, a tie within tolerance, and its rank. `ranked`
+    is how deep the ranking is known: every candidate unpruned, else the number kept (a pruned positive's true rank
+    could be anything past them)."""
+    ranked = int(S.isfinite().sum()) if S.isnan().any() else S.numel()
     s = S.flatten().nan_to_num(nan=-math.inf)
     tol, pos, neg = tie_tolerance(S, rtol), s[0], s[1:]
     margin = float(pos - neg.max())
-    return dict(margin=margin, correct=margin > tol, tie=abs(margin) <= tol, rank=1 + int((neg >= pos - tol).sum()))
+    return dict(margin=margin, correct=margin > tol, tie=abs(margin) <= tol, rank=1 + int((neg >= pos - tol).sum()), ranked=ranked)
 
 def winoground_outcome(S:torch.Tensor, # [2 images, 2 captions]: S[i, c] = s(caption c, image i)
                        rtol:float=TIE_RTOL)->dict: # text, image, both (= group; bool), tie
@@ -121,12 +124,14 @@ def accuracy_rows(df:pd.DataFrame, metric:str="accuracy")->list:
     return out
 
 def recall_rows(df:pd.DataFrame, ks:tuple=(1, 5))->list:
-    "Recall@k: the positive ranked in the top k (ties rank below), with Wilson intervals."
+    """Recall@k: the positive ranked in the top k (ties rank below), with Wilson intervals; no value (NaN) where pruning
+    kept fewer than k candidates of an example (its ranking is not known that deep)."""
     out = []
     for mode, d in df.groupby("mode", sort=False):
         for k in ks:
             hit = d["rank"] <= k
-            out.append(_row(f"R@{k}", "all", mode, hit.mean(), wilson(int(hit.sum()), len(d)), len(d), d.tie.sum(), "wilson"))
+            if (d.ranked < k).any(): out.append(_row(f"R@{k}", "all", mode, math.nan, (math.nan, math.nan), len(d), d.tie.sum(), "wilson"))
+            else: out.append(_row(f"R@{k}", "all", mode, hit.mean(), wilson(int(hit.sum()), len(d)), len(d), d.tie.sum(), "wilson"))
     return out
 
 def macro_rows(df:pd.DataFrame, keep=lambda group, n: True, metric:str="macro_accuracy")->list:
@@ -192,12 +197,14 @@ def benchmark_metrics(name:str, # the benchmark (`BENCHMARKS`), or any other nam
     t["note"] = ARGMAX_NOTE if name in ARGMAX_BENCHMARKS else ""
     empty = f"no attribute pair has at least {VG_ATTRIBUTION_MIN_COUNT} examples" if name == "aro_attribution" else "no examples"
     for i in t.index[t.n == 0]: t.loc[i, "note"] = f"{t.metric[i]}: {empty}, so it has no value"
+    for i in t.index[(t.n > 0) & t.value.isna() & t.metric.str.startswith("R@")]:
+        t.loc[i, "note"] = f"{t.metric[i]}: pruning kept fewer than {t.metric[i][2:]} candidates, so their ranking is not known that deep"
     t.attrs["skipped"] = skipped
     return t
 
 def metrics_markdown(t:pd.DataFrame)->str:
     "The metrics table as markdown: value [low, high], n and tie rate per subset, metric and mode."
-    show = t.assign(value=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(t.value, t.low, t.high)],
+    show = t.assign(value=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if v == v else "no value (see below)" for v, lo, hi in zip(t.value, t.low, t.high)],
                     tie_rate=t.tie_rate.map("{:.3f}".format))
     lines = ["| " + " | ".join(["subset", "metric", "mode", "value [95% interval]", "n", "tie rate"]) + " |", "|---" * 6 + "|"]
     cols = show[["subset", "metric", "mode", "value", "n", "tie_rate"]]
@@ -324,17 +331,15 @@ def score_into(folder:Path, scorer:DSDScorer, examples:list, seed:int=0, batch:i
 EVAL_WRITES = ("results/", "metrics.json", "metrics.md", "metrics.png")
 
 def check_prune(prune:tuple|None, # (first, keep) or None
-                n_timesteps:int, # K, the timesteps of the scorer's grid
-                benchmark:str="custom")->tuple|None: # prune, checked
-    """`DSDInputError` unless 1 <= first < K and keep >= 1 (keep >= 5 where the benchmark reports R@5: pruned candidates
-    have no rank). `dsd-eval` calls it before any data or weights load."""
+                n_timesteps:int # K, the timesteps of the scorer's grid
+               )->tuple|None: # prune, checked
+    """`DSDInputError` unless 1 <= first < K and keep >= 1. (With keep < 5, R@5 has no value: `recall_rows`.) `dsd-eval`
+    calls it before any data or weights load."""
     if prune is None: return None
     first, keep = prune
     if n_timesteps < 2: raise DSDInputError(f"prune needs a grid of at least 2 timesteps (steps 2 or more); this one has {n_timesteps}")
     check(first, "prune", lo=1, hi=n_timesteps - 1, msg=f"FIRST,KEEP with FIRST (the timesteps every candidate gets) from 1 to {n_timesteps - 1}")
     check(keep, "prune", lo=1, msg="FIRST,KEEP with KEEP (the candidates kept) at least 1")
-    if keep < 5 and BENCHMARKS.get(benchmark) is not None and BENCHMARKS[benchmark].metric.startswith("recall"):
-        raise DSDInputError(f"prune keeps {keep} candidates, fewer than the 5 that R@5 ranks: keep at least 5")
     return prune
 
 def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is reported
@@ -349,7 +354,7 @@ def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is rep
     """Score a benchmark's examples and compute its official metrics. With `out`, results are kept per batch, a rerun
     resumes, and under `accelerate launch --num_processes N` each process scores every N-th example and the main
     process merges them. Raises `DSDInputError` for an empty benchmark, repeated ids, missing images or other settings."""
-    check(batch, "batch", lo=1); check_seed(seed); check_prune(prune, len(scorer.timesteps), benchmark)
+    check(batch, "batch", lo=1); check_seed(seed); check_prune(prune, len(scorer.timesteps))
     examples, skipped = check_examples(examples, skip_missing)
     state = shard_state()
     main = state is None or state.is_main_process
@@ -379,7 +384,7 @@ def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is rep
 def plot_metrics(t:pd.DataFrame, ax=None):
     "Each metric per subset and mode as points with their 95% intervals (seaborn)."
     import matplotlib.pyplot as plt, seaborn as sns
-    d = t.assign(label=t.subset + " " + t.metric)
+    d = t.assign(label=t.subset + " " + t.metric).dropna(subset=["value"])
     if ax is None: _, ax = plt.subplots(figsize=(max(4, 0.9 * d.label.nunique() + 2), 3.2))
     sns.pointplot(data=d, x="label", y="value", hue="mode", dodge=0.4, linestyle="none", errorbar=None, ax=ax, markers="o")
     xs = {w: i for i, w in enumerate(dict.fromkeys(d.label))}

@@ -349,7 +349,7 @@ def eval_command(benchmark:Param("benchmark: " + ", ".join(BENCHMARKS), str, opt
                  json:Param("print the metrics as JSON", store_true)=False):
     "Evaluate a diffusion model on an image-text matching benchmark with its official metrics; resumable and shardable."
     reference_timesteps(steps); check_seed(seed); check(limit, "limit", lo=1, allow_none=True); check(batch, "batch", lo=1)
-    pr = check_prune(_parse_prune(prune), len(reference_timesteps(steps)), benchmark)
+    pr = check_prune(_parse_prune(prune), len(reference_timesteps(steps)))
     exs = load_benchmark(benchmark, data, images, subset, limit)
     sys.stderr.write(f"dsd-eval: {exs.summary()}\n")
     check_examples(exs, skip_missing)  # missing images refused before any weights load

@@ -72,12 +72,15 @@ def test_bad_data_one_line_errors(tmp_path):
     assert {r["n"] for r in saved["metrics"] if r["subset"] == "all"} == {len(_records(tmp_path / "r2"))}
     code, _, err = _run(_args("comvg", paths) + ["--steps", "2", "--out", str(tmp_path / "r2"), "--skip_missing"])
     assert code == 2 and "other settings" in err and "--overwrite" in err
-    code, _, err = _run(_args("vqa", write_sample("vqa", tmp_path / "vqa", n=2)) + ["--prune", "2,3", "--out", str(tmp_path / "r3")])
-    assert code == 2 and "R@5" in err
+    code, out, err = _run(_args("vqa", write_sample("vqa", tmp_path / "vqa", n=2)) + ["--prune", "2,3", "--out", str(tmp_path / "r3"), "--json"])
+    assert code == 0, err   # keeping 3 candidates: R@1 is reported, R@5 has no value and says why
+    rows = json.loads(out)["metrics"]
+    assert all(r["value"] is not None for r in rows if r["metric"] == "R@1")
+    assert all(r["value"] is None and "pruning kept fewer than 5" in r["note"] for r in rows if r["metric"] == "R@5")
 
 
 
-@pytest.mark.parametrize("prune, says", [("10,3", "FIRST .* from 1 to 9"), ("2,0", "KEEP .* at least 1"), ("2,3", "R@5"), ("x", "FIRST,KEEP")])
+@pytest.mark.parametrize("prune, says", [("10,3", "FIRST .* from 1 to 9"), ("2,0", "KEEP .* at least 1"), ("x", "FIRST,KEEP")])
 def test_prune_checked_before_the_data_loads(tmp_path, prune, says):
     "A wrong --prune is named before anything loads: here the data does not even exist, and that is not what is said."
     code, _, err = _run(["vqa", "--data", str(tmp_path / "nope.csv"), "--prune", prune])
