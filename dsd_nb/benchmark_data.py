@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_benchmark_data.ipynb #aea3d388
 from __future__ import annotations
-import ast, json, os, pickle, random
+import ast, json, math, os, pickle, random
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,7 +158,8 @@ def _read_local(ds, p:Path, split:str):
 def hf_dataset(data, # a hub id ("owner/name"), a save_to_disk folder, or parquet files (a file or a folder of them)
                split:str="test", # the split of a hub dataset (or of a saved DatasetDict)
                what:str="dataset",
-               images=None # a loader's image folder: refused, as such a dataset holds its images
+               images=None, # a loader's image folder: refused, as such a dataset holds its images
+               dest:str="DIR", give:str="DIR" # the hint's folder to save a hub copy to, and what to pass as the data then
               )->"datasets.Dataset":
     "A Hugging Face dataset from the hub or a local copy; one-line `DSDInputError`s for a missing copy or an unreachable hub."
     if images is not None: raise DSDInputError(f"the {what} {data} holds its own images: give no image folder")
@@ -171,9 +172,9 @@ def hf_dataset(data, # a hub id ("owner/name"), a save_to_disk folder, or parque
     except Exception as e:  # offline, unreachable, gated or unknown: all say how to get a copy
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise DSDInputError(f"{data} is no local file or folder, and the {what} cannot come from the Hugging Face hub ({why}): "
-                            f"where there is network (and, for a gated dataset, after accepting its terms and `huggingface-cli login`), "
+                            f"where there is network (and, for a gated dataset, after accepting its terms and `hf auth login`), "
                             f"run python -c \"import datasets; "
-                            f"datasets.load_dataset('{data}', split='{split}').save_to_disk('DIR')\" and give DIR as the data") from None
+                            f"datasets.load_dataset('{data}', split='{split}').save_to_disk('{dest}')\" and give {give} as the data") from None
 
 # %% ../nbs/08a_benchmark_data.ipynb #04cb11cc
 def _hf_image(dcol, i:int, col:str):
@@ -259,7 +260,11 @@ def _sugarcrepe_mirrors(data, subset)->list: # (name, dataset) pairs
     if p.is_dir() and (parts := sorted((c for c in p.iterdir() if _name_of(c.stem)), key=lambda c: c.name)):
         return [(_name_of(c.stem), hf_dataset(c, what="SugarCrepe copy")) for c in parts if subset in (None, _name_of(c.stem))]
     if not p.exists() and not _name_of(data):  # the family id: all seven mirrors
-        return [(n, hf_dataset(f"{data}_{n}", what="SugarCrepe mirror")) for n in SUGARCREPE_FILES if subset in (None, n)]
+        if str(data).count("/") != 1 or str(data).startswith((".", "/", "~")):
+            raise DSDInputError(f"SugarCrepe data '{data}' does not exist: give the data/ folder of the seven JSON files, a local "
+                                "copy of the mirrors, or the hub id HuggingFaceM4/SugarCrepe")
+        return [(n, hf_dataset(f"{data}_{n}", what="SugarCrepe mirror", dest=f"sugarcrepe/SugarCrepe_{n}",
+                               give="sugarcrepe (once all seven are saved there)")) for n in SUGARCREPE_FILES if subset in (None, n)]
     name = _name_of(p.stem if p.exists() else data)
     if name is None: raise DSDInputError(f"cannot tell which SugarCrepe file {data} is: its name should end with one of "
                                          f"{', '.join(SUGARCREPE_FILES)}")
@@ -370,7 +375,7 @@ ARO_FILES = {"aro_relation": "visual_genome_relation.json", "aro_attribution": "
 
 def _box(r:dict, file, where)->tuple:
     v = [r.get(k) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) or v[2] <= 0 or v[3] <= 0:
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v) or v[2] <= 0 or v[3] <= 0:
         raise bad_record(file, where, f"bbox_x, bbox_y, bbox_w, bbox_h must be numbers with w, h > 0; got {v}")
     return (v[0], v[1], v[0] + v[2], v[1] + v[3])
 
@@ -582,6 +587,9 @@ def _jsonl_example(rec, images:Path, file, where)->RankingExample:
         if not (isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v)):
             raise bad_record(file, where, f"needs '{key[:-1]}' (text) or '{key}' (a non-empty list of text); got {v!r}")
     truth, true, kinds = rec.get("truth"), rec.get("true", 0), list(rec.get("kinds") or [])
+    if truth is None and len(ims) > 1 and len(caps) > 1:
+        raise bad_record(file, where, f"{len(ims)} images and {len(caps)} captions need 'truth' (the matching [image, caption] "
+                                      "pairs); a ranking has one image or one caption")
     n = max(len(ims), len(caps))
     if truth is None:
         if isinstance(true, bool) or not isinstance(true, int) or not 0 <= true < n:
@@ -590,8 +598,9 @@ def _jsonl_example(rec, images:Path, file, where)->RankingExample:
         ims, caps = ([ims[j] for j in order], caps) if len(ims) > 1 else (ims, [caps[j] for j in order])
         kinds = kinds[1:] if len(kinds) == n else kinds
     elif isinstance(truth, list) and all(isinstance(t, list) and len(t) == 2 for t in truth): truth = tuple(tuple(t) for t in truth)
+    else: raise bad_record(file, where, f"'truth' must list [image, caption] index pairs like [[0, 0], [1, 1]]; got {truth!r}")
     try: return RankingExample([ImageRef(str(images / p)) for p in ims], caps, tuple(kinds), id=f"jsonl/{rec.get('id', where)}",
-                               subset=str(rec.get("subset", "all")), group=str(rec.get("group", "")), truth=truth)
+                               subset=str(rec.get("subset", "(no subset)")), group=str(rec.get("group", "")), truth=truth)
     except (DSDInputError, TypeError) as e: raise bad_record(file, where, str(e)) from None
 
 # %% ../nbs/08a_benchmark_data.ipynb #acae5b3c
@@ -653,7 +662,7 @@ def load_benchmark(name:str, # a key of `BENCHMARKS`
         what = "is a file, not a folder" if Path(images).expanduser().exists() else "does not exist"
         raise DSDInputError(f"the images folder '{images}' {what}: pass the folder that holds the benchmark's images")
     if data is None and name != "scene":
-        if b.hub is None: raise DSDInputError(f"{name} needs its data: the path of its files (see BENCHMARKS['{name}'].loader)")
+        if b.hub is None: raise DSDInputError(f"data is needed for {name}: the path of its files ({b.description})")
         data = b.hub
     return b.loader(data, images, subset, limit, **options)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_benchmarks.ipynb #f4a04ede
 from __future__ import annotations
-import dataclasses, hashlib, json, math
+import dataclasses, hashlib, json, math, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -20,8 +20,8 @@ from .benchmark_data import BENCHMARKS, VG_RELATION_SYMMETRIC, VG_ATTRIBUTION_MI
 
 # %% auto #0
 __all__ = ['Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'ARGMAX_BENCHMARKS', 'EVAL_WRITES', 'example_seed', 'grid_blocks',
-           'score_matrices', 'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_record',
-           'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'kind_rows', 'winoground_rows',
+           'score_matrices', 'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_key',
+           'example_record', 'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'kind_rows', 'winoground_rows',
            'benchmark_metrics', 'metrics_markdown', 'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records',
            'check_examples', 'shard_state', 'score_into', 'check_prune', 'evaluate_benchmark', 'plot_metrics',
            'metrics_json', 'save_metrics']
@@ -62,15 +62,19 @@ def ranking_outcome(S:torch.Tensor, # [1, C] (i2t) or [C, 1] (t2i) scores, posit
     margin = float(pos - neg.max())
     return dict(margin=margin, correct=margin > tol, tie=abs(margin) <= tol, rank=1 + int((neg >= pos - tol).sum()), ranked=ranked)
 
-def winoground_outcome(S:torch.Tensor, # [2 images, 2 captions]: S[i, c] = s(caption c, image i)
+def winoground_outcome(S:torch.Tensor, # [N images, M captions]: S[i, c] = s(caption c, image i)
+                       truth=((0, 0), (1, 1)), # the matching (image, caption) pairs (Winoground: the diagonal)
                        rtol:float=TIE_RTOL)->dict: # text, image, both (= group; bool), tie
-    "Winoground's text score (each image prefers its caption), image score (each caption its image), and group (both)."
-    tol = tie_tolerance(S, rtol)
-    gt = lambda a, b: bool(a - b > tol)
-    text = gt(S[0, 0], S[0, 1]) and gt(S[1, 1], S[1, 0])
-    image = gt(S[0, 0], S[1, 0]) and gt(S[1, 1], S[0, 1])
-    pairs = [(S[0, 0], S[0, 1]), (S[1, 1], S[1, 0]), (S[0, 0], S[1, 0]), (S[1, 1], S[0, 1])]
-    return dict(text=text, image=image, both=text and image, tie=any(abs(float(a - b)) <= tol for a, b in pairs))
+    """Winoground's text score (each image prefers its true captions to its false ones), image score (each caption its
+    true images), and group (both), for any N x M block with its `truth`; on Winoground's 2 x 2 exactly the paper's
+    s(c0,i0) > s(c1,i0) and s(c1,i1) > s(c0,i1) (text), s(c0,i0) > s(c0,i1) and s(c1,i1) > s(c1,i0) (image)."""
+    T = torch.zeros(S.shape, dtype=torch.bool)
+    for i, c in truth: T[i, c] = True
+    tol, margins = tie_tolerance(S, rtol), {"text": [], "image": []}
+    for side, M, TT in (("text", S, T), ("image", S.T, T.T)):  # rows: images (text score), then captions (image score)
+        margins[side] = [float(m[t].min() - m[~t].max()) for m, t in zip(M, TT) if t.any() and (~t).any()]
+    text, image = (all(x > tol for x in margins[s]) for s in ("text", "image"))
+    return dict(text=text, image=image, both=text and image, tie=any(abs(x) <= tol for x in margins["text"] + margins["image"]))
 
 # %% ../nbs/14_benchmarks.ipynb #0ea19c9c
 Z95 = 1.959963984540054 # the normal quantile of a 95% two-sided interval
@@ -92,10 +96,26 @@ def bootstrap(values:np.ndarray, # per-example values [E, ...] (e.g. booleans)
     return tuple(float(q) for q in np.nanpercentile(stats, [2.5, 97.5]))
 
 # %% ../nbs/14_benchmarks.ipynb #c46d60a0
+def _image_key(im)->str:
+    if isinstance(im, ImageRef): return f"{im.path}|{im.box}" if im.path is not None else f"source|{im.name}|{im.box}"
+    if isinstance(im, (str, Path)): return str(im)
+    if hasattr(im, "tobytes"): return f"{getattr(im, 'mode', '')}|{getattr(im, 'size', '')}|" + hashlib.sha256(im.tobytes()).hexdigest()
+    return hashlib.sha256(np.asarray(im).tobytes()).hexdigest()
+
+def example_key(e:RankingExample)->str:
+    """A digest of what an example is (captions, images by path and box, or by pixels, truth): a resumed run scores an
+    example again when its record has another key (the data file was edited). Image files' contents are not read."""
+    what = [e.direction, list(e.captions), [_image_key(im) for im in e.images], e.truth]
+    return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
+
 def example_record(e:RankingExample, mats:dict)->dict:
-    "What a run folder keeps of one scored example: id, subset, group, direction, its negatives' kinds (if any), each mode's matrix."
-    kinds = {} if e.kinds is None else dict(kinds=list(e.kinds))
-    return dict(id=e.id, subset=e.subset, group=e.group, direction=e.direction, **kinds, scores={m: S.tolist() for m, S in mats.items()})
+    """What a run folder keeps of one scored example: id, key (`example_key`), subset, group, direction, its negatives'
+    kinds and a group's truth (if any), each mode's matrix (a pruned candidate null)."""
+    extra = dict(kinds=list(e.kinds)) if e.kinds else {}
+    if e.truth is not None: extra["truth"] = [list(p) for p in e.truth]
+    nulls = lambda S: [[None if math.isnan(x) else x for x in row] for row in S.reshape(S.shape[0], -1).tolist()]
+    return dict(id=e.id, key=example_key(e), subset=e.subset, group=e.group, direction=e.direction, **extra,
+                scores={m: nulls(S) for m, S in mats.items()})
 
 def outcomes(records:list, # result records (see `example_record`): id, subset, group, direction, scores (mode -> matrix)
              rtol:float=TIE_RTOL)->pd.DataFrame: # one row per example and mode
@@ -103,8 +123,9 @@ def outcomes(records:list, # result records (see `example_record`): id, subset, 
     rows = []
     for r in records:
         for mode, S in r["scores"].items():
-            S = torch.tensor(S, dtype=torch.float64)
-            o = winoground_outcome(S, rtol) if r["direction"] == "group" else ranking_outcome(S, rtol)
+            S = torch.tensor([[math.nan if x is None else x for x in row] for row in S], dtype=torch.float64)
+            o = (winoground_outcome(S, r.get("truth", ((0, 0), (1, 1))), rtol) if r["direction"] == "group"
+                 else ranking_outcome(S, rtol))
             if r["direction"] == "group": o["correct"] = o["both"]
             rows.append(dict(id=r["id"], subset=r["subset"], group=r["group"], mode=mode, **o))
     return pd.DataFrame(rows)
@@ -153,7 +174,8 @@ def kind_rows(records:list, rtol:float=TIE_RTOL)->list:
     for r in records:
         if not r.get("kinds"): continue
         for mode, S in r["scores"].items():
-            S = torch.tensor(S, dtype=torch.float64); s, tol = S.flatten(), tie_tolerance(S, rtol)
+            S = torch.tensor([[math.nan if x is None else x for x in row] for row in S], dtype=torch.float64)
+            s, tol = S.flatten(), tie_tolerance(S, rtol)
             rows += [dict(subset=f"{r['direction']} {k}", mode=mode, correct=bool(s[0] - s[n + 1] > tol), tie=bool(abs(s[0] - s[n + 1]) <= tol))
                      for n, k in enumerate(r["kinds"])]
     out = []
@@ -275,12 +297,16 @@ def unet_rows(examples:list, K:int, prune:tuple|None=None)->int:
     return n
 
 # %% ../nbs/14_benchmarks.ipynb #e843da5e
-def read_records(folder:Path)->dict: # id -> record
-    "Every record in a run folder's `results/*.jsonl` parts (each part is written whole, atomically)."
+def read_records(folder:Path)->dict: # (id, key) -> record
+    """Every record in a run folder's `results/*.jsonl` parts (each written whole, atomically). A part that cannot be
+    read (damaged outside dsd_nb) is left out with a warning, so its examples are scored again."""
+    import warnings
     out = {}
     for p in sorted(Path(folder, "results").glob("part-*.jsonl")):
-        for line in p.read_text().splitlines():
-            if line.strip(): r = json.loads(line); out[r["id"]] = r
+        try: recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        except (ValueError, UnicodeDecodeError) as e:
+            warnings.warn(f"results part {p} is damaged ({type(e).__name__}): its examples are scored again"); continue
+        for r in recs: out[r["id"], r.get("key")] = r
     return out
 
 def check_examples(examples:list, skip_missing:bool=False)->tuple: # (examples to score, ids skipped for missing images)
@@ -314,7 +340,7 @@ def score_into(folder:Path, scorer:DSDScorer, examples:list, seed:int=0, batch:i
     """Score this process's share of `examples` (every `world`-th, from `rank`) that `folder` has no record of, `batch` at a
     time; each batch's records go into their own part file, written atomically, so a killed run loses at most one batch."""
     done = read_records(folder)
-    todo = [(k, e) for k, e in enumerate(examples) if k % world == rank and e.id not in done]
+    todo = [(k, e) for k, e in enumerate(examples) if k % world == rank and (e.id, example_key(e)) not in done]
     bar = tqdm(total=len(todo), unit="example", desc="scoring", disable=not progress, dynamic_ncols=True)
     for i in range(0, len(todo), batch):
         part = todo[i:i + batch]
@@ -369,13 +395,14 @@ def evaluate_benchmark(scorer:DSDScorer, # a clean dsd scorer; every mode is rep
         run = RunFolder(out, dict(settings or {}, benchmark=benchmark, seed=seed, prune=list(prune) if prune else None),
                         "dsd-eval", overwrite=overwrite, writes=EVAL_WRITES, free=("limit", "batch", "device"), finished_ok=True,
                         what="run folder")
+        if overwrite: shutil.rmtree(Path(out) / "results", ignore_errors=True)  # overwrite starts over, even with the same settings
         (Path(out) / "results").mkdir(exist_ok=True)
     if state is not None: state.wait_for_everyone()
     score_into(Path(out), scorer, examples, seed, batch, prune, rank, world, progress=progress and main)
     if state is not None: state.wait_for_everyone()
     if not main: return None
     recs = read_records(out)
-    table = benchmark_metrics(benchmark, [recs[e.id] for e in examples], rtol, skipped=len(skipped))
+    table = benchmark_metrics(benchmark, [recs[e.id, example_key(e)] for e in examples], rtol, skipped=len(skipped))
     save_metrics(table, out)
     run.finish(examples=len(examples), skipped=len(skipped))
     return table

@@ -33,8 +33,16 @@ class RankingExample:
     def __post_init__(self):
         ni, nc = len(self.images), len(self.captions)
         if self.truth is not None:
-            if not self.truth or any(not (0 <= i < ni and 0 <= m < nc) for i, m in self.truth):
-                raise DSDInputError(f"truth must list (image, caption) pairs within {ni} images x {nc} captions; got {self.truth}")
+            ok = lambda x: isinstance(x, int) and not isinstance(x, bool)
+            if not self.truth or any(not (ok(i) and ok(m) and 0 <= i < ni and 0 <= m < nc) for i, m in self.truth):
+                raise DSDInputError(f"truth must list (image, caption) index pairs within {ni} images x {nc} captions; got {self.truth}")
+            if ni < 2 or nc < 2:
+                raise DSDInputError(f"a group (truth) needs at least 2 images and 2 captions; got {ni} x {nc}: with one image or "
+                                    "one caption, give a ranking (the true candidate first) instead")
+            lone = [f"image {i}" for i in range(ni) if all(p[0] != i for p in self.truth)] + \
+                   [f"caption {m}" for m in range(nc) if all(p[1] != m for p in self.truth)]
+            if lone: raise DSDInputError(f"truth gives {lone[0]} no match: every image and every caption needs at least one true pair")
+            if len(set(self.truth)) == ni * nc: raise DSDInputError("truth makes every pair true: nothing is being compared")
         elif not ((ni == 1 and nc >= 2) or (nc == 1 and ni >= 2)):
             raise DSDInputError(f"a ranking example needs 1 image and >= 2 captions, or 1 caption and >= 2 images; "
                                 f"got {ni} images, {nc} captions")

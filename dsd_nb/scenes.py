@@ -288,6 +288,10 @@ def read_comvg(csv_path, images_dir=None, ext:str|None=None):
     if not len(df): raise DSDInputError(f"ComVG CSV '{csv_path}' holds no rows")
     bad = [i + 2 for i, s in enumerate(df.sentence) if not isinstance(s, str) or not s.strip()]  # +2: the header is line 1
     if bad: raise DSDInputError(f"ComVG CSV '{csv_path}' has rows with no sentence (lines {bad[:5]}{' ...' if len(bad) > 5 else ''})")
+    for col in ("pos_image_id", "neg_image_id"):
+        bad = [i + 2 for i, v in enumerate(df[col]) if pd.isna(v) or not str(v).strip()]
+        if bad: raise DSDInputError(f"ComVG CSV '{csv_path}' has rows with no {col} (lines {bad[:5]}{' ...' if len(bad) > 5 else ''})")
+        if df[col].dtype.kind == "f": df[col] = df[col].astype("int64")  # an id column read as float: 2358258, not 2358258.0
     images_dir = Path(images_dir) if images_dir else csv_path.parent / "images"
     if ext is None:  # each image's own extension; a missing image gets the one most others have (.jpg if none is there)
         exts = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")

@@ -254,8 +254,8 @@ def test_jsonl_format(tmp_path):
             dict(id="w", image="images/0.png", captions=["t", "n1", "n2"], kinds=["positive", "subject", "object"])]  # write_i2t's rows
     (tmp_path / "mine.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ex = load_jsonl(tmp_path / "mine.jsonl")
-    assert [(e.id, e.direction, e.subset, e.group) for e in ex] == [("jsonl/a", "i2t", "all", ""), ("jsonl/7", "t2i", "cars", "g"),
-                                                                  ("jsonl/line 3", "group", "all", ""), ("jsonl/w", "i2t", "all", "")]
+    assert [(e.id, e.direction, e.subset, e.group) for e in ex] == [("jsonl/a", "i2t", "(no subset)", ""), ("jsonl/7", "t2i", "cars", "g"),
+                                                                  ("jsonl/line 3", "group", "(no subset)", ""), ("jsonl/w", "i2t", "(no subset)", "")]
     assert ex[0].captions == ["a dog", "a cat"] and ex[0].kinds == ("animal",) and ex[3].kinds == ("subject", "object")
     assert ex[2].truth == ((0, 0), (1, 1)) and ex[1].images[0].path == str(tmp_path / "1.jpg")
     for bad, msg in ((dict(image="a.jpg", captions=["x"]), "a ranking example needs"), (dict(image="a.jpg", captions=["x", "y"], true=2), "'true'"),

@@ -117,6 +117,50 @@ def test_scene_world_per_kind(tmp_path):
     n_acc = {r["n"] for r in rows if r["metric"] == "accuracy" and r["subset"] == "all"}
     assert n_acc == {3}   # --limit counts examples (a scene gives one per direction)
 
+
+def _jsonl_group(tmp_path, name, captions, truth):
+    from PIL import Image
+    for c, rgb in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        if not (tmp_path / f"{c}.png").exists(): Image.new("RGB", (64, 64), rgb).save(tmp_path / f"{c}.png")
+    (tmp_path / name).write_text(json.dumps(dict(id="g", images=["red.png", "blue.png"], captions=captions, truth=truth)) + "\n")
+    return tmp_path / name
+
+
+def test_group_truth_is_used_and_an_edited_file_is_scored_again(tmp_path):
+    "A JSONL group is judged by its truth (not the diagonal); a rerun after the file changed scores the changed example again."
+    diag = _jsonl_group(tmp_path, "a.jsonl", ["a red square", "a blue square"], [[0, 0], [1, 1]])
+    swap = _jsonl_group(tmp_path, "b.jsonl", ["a blue square", "a red square"], [[0, 1], [1, 0]])
+    run = lambda data, out, *more: _run(["jsonl", "--data", str(data), "--steps", "1", "--out", str(tmp_path / out), "--json", *more])
+    (ca, oa, ea), (cb, ob, eb) = run(diag, "ra"), run(swap, "rb")
+    assert ca == cb == 0, ea + eb
+    value = lambda out: {(r["metric"], r["mode"]): r["value"] for r in json.loads(out)["metrics"]}
+    assert value(oa) == value(ob)   # the same pairs, the same outcome, whichever way the captions are listed
+    old = [r["key"] for r in _records(tmp_path / "ra").values()]
+    shutil.copy(swap, diag)          # the file edited in place, same id: its example is scored again, not resumed
+    code, out, err = run(diag, "ra")
+    assert code == 0, err
+    assert [r["key"] for r in _records(tmp_path / "ra").values()] == [r["key"] for r in _records(tmp_path / "rb").values()] != old
+    assert value(out) == value(ob)
+
+
+def test_damaged_part_is_scored_again_and_overwrite_starts_over(tmp_path):
+    paths = write_sample("vqa", tmp_path / "data", n=3)
+    args = _args("vqa", paths) + ["--steps", "2", "--batch", "1", "--prune", "1,3", "--out", str(tmp_path / "run"), "--json"]
+    code, first, err = _run(args)
+    assert code == 0, err
+    parts = sorted((tmp_path / "run" / "results").glob("part-*.jsonl"))
+    for p in parts:  # strict JSON lines: a pruned candidate is null, never NaN
+        json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {p}"))
+    parts[0].write_text(parts[0].read_text()[:40])   # damaged outside dsd_nb
+    (tmp_path / "run" / "done.json").unlink()
+    code, again, err = _run(args)
+    assert code == 0 and "damaged" in err and json.loads(again) == json.loads(first)
+    bogus = json.loads(parts[1].read_text()); bogus["scores"]["dsd"] = [[0.0] + [1.0] * 9]
+    parts[1].write_text(json.dumps(bogus) + "\n"); (tmp_path / "run" / "done.json").unlink()
+    code, over, err = _run(args + ["--overwrite"])   # same settings, unfinished: --overwrite scores everything again
+    assert code == 0, err
+    assert json.loads(over) == json.loads(first)
+
 def _records(folder):
     recs = {}
     for p in sorted((folder / "results").glob("part-*.jsonl")):
