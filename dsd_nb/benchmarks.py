@@ -21,10 +21,10 @@ from .benchmark_data import BENCHMARKS, VG_RELATION_SYMMETRIC, VG_ATTRIBUTION_MI
 # %% auto #0
 __all__ = ['Z95', 'MACRO_KEEP', 'ARGMAX_NOTE', 'ARGMAX_BENCHMARKS', 'EVAL_WRITES', 'example_seed', 'grid_blocks',
            'score_matrices', 'ranking_outcome', 'winoground_outcome', 'wilson', 'bootstrap', 'example_key',
-           'example_record', 'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'kind_rows', 'winoground_rows',
-           'benchmark_metrics', 'metrics_markdown', 'prune_timesteps', 'prune_matrices', 'unet_rows', 'read_records',
-           'check_examples', 'shard_state', 'score_into', 'check_prune', 'evaluate_benchmark', 'plot_metrics',
-           'metrics_json', 'save_metrics']
+           'example_record', 'record_matrix', 'outcomes', 'accuracy_rows', 'recall_rows', 'macro_rows', 'kind_rows',
+           'winoground_rows', 'benchmark_metrics', 'metrics_markdown', 'prune_timesteps', 'prune_matrices', 'unet_rows',
+           'read_records', 'check_examples', 'shard_state', 'score_into', 'check_prune', 'evaluate_benchmark',
+           'plot_metrics', 'metrics_json', 'save_metrics']
 
 # %% ../nbs/14_benchmarks.ipynb #41578ed7
 def example_seed(seed:int, # the run's seed
@@ -117,13 +117,17 @@ def example_record(e:RankingExample, mats:dict)->dict:
     return dict(id=e.id, key=example_key(e), subset=e.subset, group=e.group, direction=e.direction, **extra,
                 scores={m: nulls(S) for m, S in mats.items()})
 
+def record_matrix(S:list)->torch.Tensor: # [N, M] float64, a pruned candidate NaN
+    "A record's score matrix (JSON lists, null for a pruned candidate) as a tensor."
+    return torch.tensor([[math.nan if x is None else x for x in row] for row in S], dtype=torch.float64)
+
 def outcomes(records:list, # result records (see `example_record`): id, subset, group, direction, scores (mode -> matrix)
              rtol:float=TIE_RTOL)->pd.DataFrame: # one row per example and mode
     "Each example's outcome in each mode: correct, tie, rank and margin of a ranking; text, image and group of a 2 x 2."
     rows = []
     for r in records:
         for mode, S in r["scores"].items():
-            S = torch.tensor([[math.nan if x is None else x for x in row] for row in S], dtype=torch.float64)
+            S = record_matrix(S)
             o = (winoground_outcome(S, r.get("truth", ((0, 0), (1, 1))), rtol) if r["direction"] == "group"
                  else ranking_outcome(S, rtol))
             if r["direction"] == "group": o["correct"] = o["both"]
@@ -174,7 +178,7 @@ def kind_rows(records:list, rtol:float=TIE_RTOL)->list:
     for r in records:
         if not r.get("kinds"): continue
         for mode, S in r["scores"].items():
-            S = torch.tensor([[math.nan if x is None else x for x in row] for row in S], dtype=torch.float64)
+            S = record_matrix(S)
             s, tol = S.flatten(), tie_tolerance(S, rtol)
             rows += [dict(subset=f"{r['direction']} {k}", mode=mode, correct=bool(s[0] - s[n + 1] > tol), tie=bool(abs(s[0] - s[n + 1]) <= tol))
                      for n, k in enumerate(r["kinds"])]
